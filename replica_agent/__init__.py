@@ -1,0 +1,1 @@
+"""The replica agent: the engine every GPU node runs, its executors and (later) its services."""

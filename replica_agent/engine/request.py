@@ -1,0 +1,101 @@
+"""A request as the engine sees it: an immutable spec in, a mutable sequence state inside."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    max_tokens: int = 256
+    ignore_eos: bool = False
+    stop_token_ids: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSpec:
+    """What a client asked for. ``predicted_output_tokens`` feeds memory-aware and SJF queues."""
+
+    request_id: str
+    prompt_token_ids: tuple[int, ...]
+    arrival_time: float
+    params: SamplingParams = field(default_factory=SamplingParams)
+    priority: int = 0
+    predicted_output_tokens: int | None = None
+    extra_keys: tuple[object, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.prompt_token_ids:
+            raise ValueError(f"request {self.request_id!r} has an empty prompt")
+
+
+class RequestStatus(Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    PREEMPTED = "preempted"
+    FINISHED_STOPPED = "stop"
+    FINISHED_LENGTH = "length"
+    FINISHED_ABORTED = "abort"
+
+    @property
+    def finished(self) -> bool:
+        return self in (
+            RequestStatus.FINISHED_STOPPED,
+            RequestStatus.FINISHED_LENGTH,
+            RequestStatus.FINISHED_ABORTED,
+        )
+
+
+@dataclass(eq=False)
+class Sequence:
+    """Engine-side state of one request; owned and mutated only by the scheduler."""
+
+    spec: RequestSpec
+    status: RequestStatus = RequestStatus.WAITING
+    output_token_ids: list[int] = field(default_factory=list)
+    num_computed_tokens: int = 0
+    num_cached_prompt_tokens: int = 0
+    block_ids: list[int] = field(default_factory=list)
+    block_hashes: list[int] = field(default_factory=list)
+    num_registered_blocks: int = 0
+    num_preemptions: int = 0
+    arrival_order: int = 0
+    idle_since_step: int = 0
+    first_scheduled_time: float | None = None
+    first_token_time: float | None = None
+    finish_time: float | None = None
+    promoted_until_step: int = 0
+
+    @property
+    def request_id(self) -> str:
+        return self.spec.request_id
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.spec.prompt_token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.spec.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.output_token_ids)
+
+    @property
+    def remaining_prefill_tokens(self) -> int:
+        return max(0, self.num_prompt_tokens - self.num_computed_tokens)
+
+    def token_ids(self) -> list[int]:
+        return [*self.spec.prompt_token_ids, *self.output_token_ids]
+
+    def token_slice(self, begin: int, end: int) -> tuple[int, ...]:
+        prompt = self.spec.prompt_token_ids
+        if end <= len(prompt):
+            return prompt[begin:end]
+        return tuple(self.token_ids()[begin:end])

@@ -1,0 +1,131 @@
+"""Continuous-batching scheduler: computed tokens catch up with total tokens under a token budget.
+
+Every step, running requests are served first (in the queue policy's order), each asking for all
+of its uncomputed tokens up to the remaining budget: a decode asks for one, a prefill for its next
+chunk. When blocks run out, the last running request in policy order is preempted by recompute
+(its blocks freed, its computed tokens reset). Waiting requests are admitted only in a step that
+preempted nothing. One plan may be in flight at a time; tokens are counted as computed when they
+are scheduled, and sampled tokens arrive with ``update``.
+"""
+
+from __future__ import annotations
+
+from bisect import insort
+
+from replica_agent.engine.config import BatchingMode, EngineConfig
+from replica_agent.engine.kv_manager import KVCacheManager
+from replica_agent.engine.queues import QueuePolicy
+from replica_agent.engine.request import RequestStatus, Sequence
+from replica_agent.engine.step import ScheduledChunk, StepPlan
+
+
+class Scheduler:
+    def __init__(self, config: EngineConfig, kv: KVCacheManager, policy: QueuePolicy) -> None:
+        self.config = config
+        self.kv = kv
+        self.policy = policy
+        self.waiting: list[Sequence] = []
+        self.running: list[Sequence] = []
+        self.step = 0
+        self.num_preemptions = 0
+        self.admitted_ids: list[str] = []
+
+    def enqueue(self, seq: Sequence) -> None:
+        seq.idle_since_step = self.step
+        insort(self.waiting, seq, key=lambda s: self.policy.waiting_key(s, self.step))
+
+    def remove(self, seq: Sequence) -> None:
+        """Take ``seq`` out of whichever queue holds it and free its blocks."""
+        if seq.status is RequestStatus.RUNNING:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        self.kv.free(seq)
+
+    def schedule(self) -> StepPlan | None:
+        self.step += 1
+        budget = self.config.max_num_batched_tokens
+        chunks: list[ScheduledChunk] = []
+        preempted: list[str] = []
+        index = 0
+        while index < len(self.running) and budget > 0:
+            seq = self.running[index]
+            num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            if not self.config.enable_chunked_prefill and num_new < seq.num_tokens - seq.num_computed_tokens:
+                index += 1
+                continue
+            if not self._make_room(seq, num_new, preempted):
+                break
+            chunks.append(self._chunk(seq, num_new))
+            budget -= num_new
+            index += 1
+        if not preempted and not (self.config.batching is BatchingMode.STATIC and self.running):
+            self._admit(budget, chunks)
+        if not chunks:
+            return None
+        return StepPlan(step_id=self.step, chunks=tuple(chunks), preempted_ids=tuple(preempted))
+
+    def _make_room(self, seq: Sequence, num_new: int, preempted: list[str]) -> bool:
+        """Allocate slots for ``seq``, preempting from the back of the running list as needed.
+        False when ``seq`` itself had to yield."""
+        while not self.kv.allocate_slots(seq, num_new):
+            victim = self.running.pop()
+            self._preempt(victim)
+            preempted.append(victim.request_id)
+            if victim is seq:
+                return False
+        return True
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.kv.free(seq)
+        seq.num_computed_tokens = 0
+        seq.status = RequestStatus.PREEMPTED
+        seq.num_preemptions += 1
+        self.num_preemptions += 1
+        self.enqueue(seq)
+
+    def _admit(self, budget: int, chunks: list[ScheduledChunk]) -> None:
+        static = self.config.batching is BatchingMode.STATIC
+        if self.policy.age(self.waiting, self.step):
+            self.waiting.sort(key=lambda s: self.policy.waiting_key(s, self.step))
+        reserved = sum(self.policy.reserve_blocks(s) for s in self.running)
+        while self.waiting and len(self.running) < self.config.max_num_seqs and (budget > 0 or static):
+            seq = self.waiting[0]
+            computed = self.kv.computed_blocks(seq)
+            remaining = seq.num_tokens - len(computed) * self.kv.block_size
+            if not self.config.enable_chunked_prefill and remaining > budget:
+                break
+            to_allocate = remaining if static else min(remaining, budget)
+            needed = self.kv.blocks_needed(seq, to_allocate, computed)
+            if self.running and not self.policy.admits(seq, needed, self.kv.pool.num_free, reserved):
+                break
+            if not self.kv.allocate_slots(seq, to_allocate, computed):
+                break
+            self.waiting.pop(0)
+            self._start(seq, len(computed) * self.kv.block_size)
+            reserved += self.policy.reserve_blocks(seq)
+            num_new = min(remaining, budget)
+            if num_new > 0:
+                chunks.append(self._chunk(seq, num_new))
+                budget -= num_new
+
+    def _start(self, seq: Sequence, cached_tokens: int) -> None:
+        if seq.status is RequestStatus.WAITING:
+            seq.num_cached_prompt_tokens = min(cached_tokens, seq.num_prompt_tokens)
+            self.admitted_ids.append(seq.request_id)
+        seq.status = RequestStatus.RUNNING
+        insort(self.running, seq, key=self.policy.running_key)
+
+    def _chunk(self, seq: Sequence, num_new: int) -> ScheduledChunk:
+        start = seq.num_computed_tokens
+        end = start + num_new
+        seq.num_computed_tokens = end
+        is_decode = num_new == 1 and end == seq.num_tokens and seq.num_output_tokens > 0
+        return ScheduledChunk(
+            request_id=seq.request_id,
+            start=start,
+            token_ids=seq.token_slice(start, end),
+            block_ids=tuple(seq.block_ids),
+            is_prefill=not is_decode,
+            samples=end == seq.num_tokens,
+        )

@@ -167,7 +167,8 @@ class Engine:
         """Load as routers see it; drains the admitted ids and cache events since the last call."""
         horizon = now - self.config.throughput_window_s
         recent = [r for r in self._history if r.time >= horizon]
-        span = min(self.config.throughput_window_s, now - (self._started_at or now))
+        started = now if self._started_at is None else self._started_at
+        span = min(self.config.throughput_window_s, now - started)
         prefill_rate = sum(r.prefill_tokens for r in recent) / span if span > 0 else 0.0
         decode_rate = sum(r.decode_tokens for r in recent) / span if span > 0 else 0.0
         running, waiting = self.scheduler.running, self.scheduler.waiting

@@ -1,0 +1,116 @@
+"""Drive one engine through a list of arrivals in virtual time (benchmarks, calibration, tests).
+
+The clock advances by each step's executor-reported duration, and jumps to the next arrival when
+the engine is idle. The multi-replica simulator builds on the same loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from replica_agent.engine.engine import Engine
+from replica_agent.engine.request import RequestSpec
+from replica_agent.engine.step import StepPlan, StepResult
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    request_id: str
+    arrival_time: float
+    first_token_time: float
+    finish_time: float
+    prompt_tokens: int
+    cached_tokens: int
+    output_tokens: int
+    preemptions: int
+    finish_reason: str
+
+    @property
+    def ttft(self) -> float:
+        return self.first_token_time - self.arrival_time
+
+    @property
+    def e2e(self) -> float:
+        return self.finish_time - self.arrival_time
+
+    @property
+    def tpot(self) -> float:
+        """Mean time per output token after the first (0 for single-token answers)."""
+        if self.output_tokens <= 1:
+            return 0.0
+        return (self.finish_time - self.first_token_time) / (self.output_tokens - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    records: tuple[RequestRecord, ...]
+    steps: int
+    makespan_s: float
+    preemptions: int
+
+    @property
+    def output_tokens(self) -> int:
+        return sum(r.output_tokens for r in self.records)
+
+    @property
+    def throughput_tok_s(self) -> float:
+        return self.output_tokens / self.makespan_s if self.makespan_s > 0 else 0.0
+
+
+Execute = Callable[[StepPlan], StepResult]
+StepHook = Callable[[Engine, StepPlan, float], None]
+
+
+def replay(
+    engine: Engine,
+    execute: Execute,
+    arrivals: Iterable[RequestSpec],
+    on_step: StepHook | None = None,
+    max_steps: int = 10_000_000,
+) -> ReplayResult:
+    """Run every arrival to completion. ``on_step`` sees the engine after each step's update."""
+    pending = sorted(arrivals, key=lambda spec: spec.arrival_time)
+    if not pending:
+        return ReplayResult((), 0, 0.0, 0)
+    specs = {spec.request_id: spec for spec in pending}
+    start = now = pending[0].arrival_time
+    next_arrival = 0
+    steps = 0
+    records: list[RequestRecord] = []
+    while next_arrival < len(pending) or engine.has_unfinished():
+        while next_arrival < len(pending) and pending[next_arrival].arrival_time <= now:
+            engine.add(pending[next_arrival])
+            next_arrival += 1
+        plan = engine.schedule(now)
+        if plan is None:
+            if next_arrival >= len(pending):
+                raise RuntimeError("engine has unfinished requests but schedules nothing")
+            now = max(now, pending[next_arrival].arrival_time)
+            continue
+        steps += 1
+        if steps > max_steps:
+            raise RuntimeError(f"replay exceeded {max_steps} steps")
+        result = execute(plan)
+        seqs = {c.request_id: engine.get(c.request_id) for c in plan.chunks}
+        now += result.duration_s
+        for output in engine.update(plan, result, now):
+            seq = seqs[output.request_id]
+            if output.finished and seq is not None and seq.first_token_time is not None:
+                spec = specs[output.request_id]
+                records.append(
+                    RequestRecord(
+                        request_id=output.request_id,
+                        arrival_time=spec.arrival_time,
+                        first_token_time=seq.first_token_time,
+                        finish_time=now,
+                        prompt_tokens=output.num_prompt_tokens,
+                        cached_tokens=output.num_cached_tokens,
+                        output_tokens=output.num_output_tokens,
+                        preemptions=seq.num_preemptions,
+                        finish_reason=output.finish_reason or "",
+                    )
+                )
+        if on_step is not None:
+            on_step(engine, plan, now)
+    return ReplayResult(tuple(records), steps, now - start, engine.scheduler.num_preemptions)

@@ -7,7 +7,16 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from replica_agent.engine import Engine, EngineConfig, RequestSpec, SamplingParams, StepPlan, StepResult
+from replica_agent.engine import (
+    BatchingMode,
+    Engine,
+    EngineConfig,
+    QueuePolicyName,
+    RequestSpec,
+    SamplingParams,
+    StepPlan,
+    StepResult,
+)
 
 
 @dataclass(frozen=True)
@@ -45,8 +54,10 @@ def workloads(draw: st.DrawFn) -> Workload:
         max_num_seqs=draw(st.integers(1, 6)),
         max_num_batched_tokens=draw(st.integers(1, 48)),
         max_model_len=256,
-        queue_policy=draw(st.sampled_from(["fcfs", "priority", "memory_aware", "predicted_sjf"])),
-        batching=draw(st.sampled_from(["continuous", "continuous", "static"])),
+        queue_policy=draw(st.sampled_from(list(QueuePolicyName))),
+        batching=draw(
+            st.sampled_from([BatchingMode.CONTINUOUS, BatchingMode.CONTINUOUS, BatchingMode.STATIC])
+        ),
         enable_prefix_caching=draw(st.booleans()),
         sjf_starvation_steps=draw(st.integers(1, 30)),
     )

@@ -69,24 +69,29 @@ def replay(
     on_step: StepHook | None = None,
     max_steps: int = 10_000_000,
 ) -> ReplayResult:
-    """Run every arrival to completion. ``on_step`` sees the engine after each step's update."""
-    pending = sorted(arrivals, key=lambda spec: spec.arrival_time)
-    if not pending:
+    """Run every arrival (in arrival order; consumed lazily) to completion. ``on_step`` sees the
+    engine after each step's update."""
+    upcoming = iter(arrivals)
+    following = next(upcoming, None)
+    if following is None:
         return ReplayResult((), 0, 0.0, 0)
-    specs = {spec.request_id: spec for spec in pending}
-    start = now = pending[0].arrival_time
-    next_arrival = 0
+    arrival_times: dict[str, float] = {}
+    start = now = following.arrival_time
     steps = 0
     records: list[RequestRecord] = []
-    while next_arrival < len(pending) or engine.has_unfinished():
-        while next_arrival < len(pending) and pending[next_arrival].arrival_time <= now:
-            engine.add(pending[next_arrival])
-            next_arrival += 1
+    while following is not None or engine.has_unfinished():
+        while following is not None and following.arrival_time <= now:
+            engine.add(following)
+            arrival_times[following.request_id] = following.arrival_time
+            upcoming_spec = next(upcoming, None)
+            if upcoming_spec is not None and upcoming_spec.arrival_time < following.arrival_time:
+                raise ValueError(f"arrivals out of order at {upcoming_spec.request_id!r}")
+            following = upcoming_spec
         plan = engine.schedule(now)
         if plan is None:
-            if next_arrival >= len(pending):
+            if following is None:
                 raise RuntimeError("engine has unfinished requests but schedules nothing")
-            now = max(now, pending[next_arrival].arrival_time)
+            now = max(now, following.arrival_time)
             continue
         steps += 1
         if steps > max_steps:
@@ -97,11 +102,10 @@ def replay(
         for output in engine.update(plan, result, now):
             seq = seqs[output.request_id]
             if output.finished and seq is not None and seq.first_token_time is not None:
-                spec = specs[output.request_id]
                 records.append(
                     RequestRecord(
                         request_id=output.request_id,
-                        arrival_time=spec.arrival_time,
+                        arrival_time=arrival_times.pop(output.request_id),
                         first_token_time=seq.first_token_time,
                         finish_time=now,
                         prompt_tokens=output.num_prompt_tokens,

@@ -1,0 +1,125 @@
+"""Production request traces: loaders and the mapping of their tokens onto engine requests.
+
+Traces carry token *counts*, not text. Prompts are synthesised so that the engine's block hashes
+see exactly the sharing the trace records: Mooncake's ``hash_ids`` name 512-token prefix blocks,
+so block id ``h`` becomes the tokens ``h*512 .. h*512+511`` and two requests share a cached
+prefix exactly when they share leading hash ids. Traces without prefix ids get disjoint tokens.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from replica_agent.engine.request import RequestSpec, SamplingParams
+
+MOONCAKE_BLOCK_TOKENS = 512
+_DISJOINT_STRIDE = 1 << 17  # room for any single prompt; keeps token ids below 2**32
+
+
+class TraceFormatError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class TraceRequest:
+    arrival_s: float
+    prompt_tokens: int
+    output_tokens: int
+    prefix_ids: tuple[int, ...] = ()
+
+
+def _positive(value: str | int, what: str, where: str) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise TraceFormatError(f"{where}: {what} is not an integer: {value!r}") from None
+    if number <= 0:
+        raise TraceFormatError(f"{where}: {what} must be positive, got {number}")
+    return number
+
+
+def load_azure_csv(path: Path, limit: int | None = None) -> list[TraceRequest]:
+    """Azure LLM inference trace 2023: ``TIMESTAMP, ContextTokens, GeneratedTokens``."""
+    rows: list[TraceRequest] = []
+    start: datetime | None = None
+    with path.open(newline="") as handle:
+        for line_no, row in enumerate(csv.DictReader(handle), start=2):
+            where = f"{path.name} row {line_no}"
+            try:
+                stamp = datetime.fromisoformat(row["TIMESTAMP"][:26])
+            except (KeyError, TypeError, ValueError):
+                raise TraceFormatError(f"{where}: bad or missing TIMESTAMP") from None
+            start = start or stamp
+            rows.append(
+                TraceRequest(
+                    arrival_s=(stamp - start).total_seconds(),
+                    prompt_tokens=_positive(row.get("ContextTokens", ""), "ContextTokens", where),
+                    output_tokens=_positive(row.get("GeneratedTokens", ""), "GeneratedTokens", where),
+                )
+            )
+            if limit is not None and len(rows) >= limit:
+                break
+    return rows
+
+
+def load_mooncake_jsonl(path: Path, limit: int | None = None) -> list[TraceRequest]:
+    """Mooncake trace: ``timestamp`` (ms), ``input_length``, ``output_length``, ``hash_ids``."""
+    rows: list[TraceRequest] = []
+    with path.open() as handle:
+        for line_no, line in enumerate(handle, start=1):
+            where = f"{path.name} line {line_no}"
+            try:
+                item = json.loads(line)
+                stamp_ms = float(item["timestamp"])
+                hash_ids = tuple(int(h) for h in item.get("hash_ids", ()))
+            except (ValueError, KeyError, TypeError):
+                raise TraceFormatError(f"{where}: not a Mooncake record") from None
+            rows.append(
+                TraceRequest(
+                    arrival_s=stamp_ms / 1000.0,
+                    prompt_tokens=_positive(item.get("input_length"), "input_length", where),
+                    output_tokens=_positive(item.get("output_length"), "output_length", where),
+                    prefix_ids=hash_ids,
+                )
+            )
+            if limit is not None and len(rows) >= limit:
+                break
+    return rows
+
+
+def prompt_tokens_for(index: int, request: TraceRequest) -> tuple[int, ...]:
+    if not request.prefix_ids:
+        base = index * _DISJOINT_STRIDE
+        return tuple(range(base, base + min(request.prompt_tokens, _DISJOINT_STRIDE)))
+    tokens: list[int] = []
+    for block_id in request.prefix_ids:
+        base = block_id * MOONCAKE_BLOCK_TOKENS
+        tokens.extend(range(base, base + MOONCAKE_BLOCK_TOKENS))
+    return tuple(tokens[: request.prompt_tokens])
+
+
+def to_specs(
+    trace: Sequence[TraceRequest],
+    time_scale: float = 1.0,
+    max_prompt_tokens: int | None = None,
+    with_prediction: bool = False,
+    id_prefix: str = "req",
+) -> Iterator[RequestSpec]:
+    """Engine requests for a trace, built lazily (prompts are large). ``time_scale`` < 1 compresses
+    inter-arrival times (more load). Every answer runs to the trace's length (``ignore_eos``)."""
+    for index, request in enumerate(trace):
+        prompt = prompt_tokens_for(index, request)
+        if max_prompt_tokens is not None:
+            prompt = prompt[:max_prompt_tokens]
+        yield RequestSpec(
+            request_id=f"{id_prefix}-{index}",
+            prompt_token_ids=prompt,
+            arrival_time=request.arrival_s * time_scale,
+            params=SamplingParams(max_tokens=request.output_tokens, ignore_eos=True),
+            predicted_output_tokens=request.output_tokens if with_prediction else None,
+        )

@@ -96,6 +96,8 @@ class Sequence:
 
     def token_slice(self, begin: int, end: int) -> tuple[int, ...]:
         prompt = self.spec.prompt_token_ids
-        if end <= len(prompt):
+        split = len(prompt)
+        if end <= split:
             return prompt[begin:end]
-        return tuple(self.token_ids()[begin:end])
+        outputs = tuple(self.output_token_ids[max(0, begin - split) : end - split])
+        return prompt[begin:] + outputs if begin < split else outputs

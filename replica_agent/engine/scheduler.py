@@ -6,6 +6,10 @@ chunk. When blocks run out, the last running request in policy order is preempte
 (its blocks freed, its computed tokens reset). Waiting requests are admitted only in a step that
 preempted nothing. One plan may be in flight at a time; tokens are counted as computed when they
 are scheduled, and sampled tokens arrive with ``update``.
+
+``static`` batching is the pre-continuous baseline: a batch is admitted only when nothing runs,
+each member reserves KV for its prompt plus ``max_tokens`` up front, prompts are padded to the
+batch's longest, and finished members keep paying for a decode slot until the whole batch is done.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from replica_agent.engine.config import BatchingMode, EngineConfig
 from replica_agent.engine.kv_manager import KVCacheManager
 from replica_agent.engine.queues import QueuePolicy
 from replica_agent.engine.request import RequestStatus, Sequence
-from replica_agent.engine.step import ScheduledChunk, StepPlan
+from replica_agent.engine.step import ScheduledChunk, SeqShape, StepPlan
 
 
 class Scheduler:
@@ -29,6 +33,8 @@ class Scheduler:
         self.step = 0
         self.num_preemptions = 0
         self.admitted_ids: list[str] = []
+        self.static = config.batching is BatchingMode.STATIC
+        self.static_batch: list[Sequence] = []
 
     def enqueue(self, seq: Sequence) -> None:
         seq.idle_since_step = self.step
@@ -59,11 +65,14 @@ class Scheduler:
             chunks.append(self._chunk(seq, num_new))
             budget -= num_new
             index += 1
-        if not preempted and not (self.config.batching is BatchingMode.STATIC and self.running):
-            self._admit(budget, chunks)
+        padding: list[SeqShape] = []
+        if not preempted and not (self.static and self.running):
+            padding = self._admit(budget, chunks)
         if not chunks:
             return None
-        return StepPlan(step_id=self.step, chunks=tuple(chunks), preempted_ids=tuple(preempted))
+        if self.static:
+            padding += [SeqShape(1, s.num_tokens) for s in self.static_batch if s.status.finished]
+        return StepPlan(self.step, tuple(chunks), tuple(preempted), tuple(padding))
 
     def _make_room(self, seq: Sequence, num_new: int, preempted: list[str]) -> bool:
         """Allocate slots for ``seq``, preempting from the back of the running list as needed.
@@ -84,8 +93,11 @@ class Scheduler:
         self.num_preemptions += 1
         self.enqueue(seq)
 
-    def _admit(self, budget: int, chunks: list[ScheduledChunk]) -> None:
-        static = self.config.batching is BatchingMode.STATIC
+    def _admit(self, budget: int, chunks: list[ScheduledChunk]) -> list[SeqShape]:
+        """Start waiting requests; returns the prompt padding a new static batch pays for."""
+        static = self.static
+        if static:
+            self.static_batch.clear()
         if self.policy.age(self.waiting, self.step):
             self.waiting.sort(key=lambda s: self.policy.waiting_key(s, self.step))
         reserved = sum(self.policy.reserve_blocks(s) for s in self.running)
@@ -95,7 +107,9 @@ class Scheduler:
             remaining = seq.num_tokens - len(computed) * self.kv.block_size
             if not self.config.enable_chunked_prefill and remaining > budget:
                 break
-            to_allocate = remaining if static else min(remaining, budget)
+            to_allocate = min(remaining, budget)
+            if static:
+                to_allocate = remaining + seq.spec.params.max_tokens - seq.num_output_tokens
             needed = self.kv.blocks_needed(seq, to_allocate, computed)
             if self.running and not self.policy.admits(seq, needed, self.kv.pool.num_free, reserved):
                 break
@@ -108,6 +122,15 @@ class Scheduler:
             if num_new > 0:
                 chunks.append(self._chunk(seq, num_new))
                 budget -= num_new
+        if not static:
+            return []
+        self.static_batch = list(self.running)
+        longest = max((s.num_prompt_tokens for s in self.static_batch), default=0)
+        return [
+            SeqShape(longest - s.num_prompt_tokens, 0)
+            for s in self.static_batch
+            if s.num_prompt_tokens < longest
+        ]
 
     def _start(self, seq: Sequence, cached_tokens: int) -> None:
         if seq.status is RequestStatus.WAITING:

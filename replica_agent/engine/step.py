@@ -56,9 +56,13 @@ class ScheduledChunk:
 
 @dataclass(frozen=True, slots=True)
 class StepPlan:
+    """``padding`` is wasted work a static batch still pays for (padded prompts, finished members
+    that keep their decode slot); it costs time but produces nothing."""
+
     step_id: int
     chunks: tuple[ScheduledChunk, ...]
     preempted_ids: tuple[str, ...] = ()
+    padding: tuple[SeqShape, ...] = ()
 
     @property
     def num_tokens(self) -> int:
@@ -73,7 +77,7 @@ class StepPlan:
         return sum(c.num_tokens for c in self.chunks if not c.is_prefill)
 
     def shape(self) -> BatchShape:
-        return BatchShape(tuple(SeqShape(c.num_tokens, c.start) for c in self.chunks))
+        return BatchShape((*(SeqShape(c.num_tokens, c.start) for c in self.chunks), *self.padding))
 
 
 @dataclass(frozen=True, slots=True)

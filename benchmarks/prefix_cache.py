@@ -40,7 +40,9 @@ def run(requests: int, gpus: list[str], time_scale: float) -> None:
     started = time.perf_counter()
     trace = load_mooncake_jsonl(TRACES / "mooncake_conversation_trace.jsonl", limit=requests)
     ceiling = reusable_ceiling(trace, 16)
-    rows, data = [], {"ceiling": ceiling, "requests": requests, "time_scale": time_scale, "runs": []}
+    rows: list[list[object]] = []
+    runs: list[dict[str, object]] = []
+    data = {"ceiling": ceiling, "requests": requests, "time_scale": time_scale, "runs": runs}
     for gpu in gpus:
         replica = build_sim_replica(gpu, MODEL, max_model_len=131072, max_num_batched_tokens=8192)
         result = replay(replica.engine, replica.executor.execute, to_specs(trace, time_scale=time_scale))
@@ -56,7 +58,7 @@ def run(requests: int, gpus: list[str], time_scale: float) -> None:
                 s["ttft_p50_s"],
             ]
         )
-        data["runs"].append({"gpu": gpu, "kv_capacity_tokens": capacity, **s})
+        runs.append({"gpu": gpu, "kv_capacity_tokens": capacity, **s})
     body = (
         f"First {requests} requests of `mooncake_conversation_trace.jsonl`, arrivals stretched "
         f"x{time_scale:g} so one replica keeps up; `{MODEL}`, 16-token blocks, LRU eviction.\n\n"

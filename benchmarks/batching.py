@@ -17,7 +17,7 @@ from router.sim.traces import load_azure_csv, to_specs
 GPU, MODEL = "a100-80gb", "llama-3.1-8b"
 
 
-def run(requests: int, time_scales: list[float]) -> None:
+def run(requests: int, time_scales: list[float], save: bool = True) -> None:
     started = time.perf_counter()
     trace = load_azure_csv(TRACES / "azure2023_conv.csv", limit=requests)
     rows, data = [], []
@@ -60,7 +60,7 @@ def run(requests: int, time_scales: list[float]) -> None:
             rows,
         )
     )
-    write_results("batching", "Continuous vs static batching", body, data, started)
+    write_results("batching", "Continuous vs static batching", body, data, started, save)
 
 
 def main() -> None:
@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="300 requests, for a smoke run")
     args = parser.parse_args()
     requests = 300 if args.quick else args.requests
-    run(requests, [1 / float(m) for m in args.rate_multipliers.split(",")])
+    run(requests, [1 / float(m) for m in args.rate_multipliers.split(",")], save=not args.quick)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ class WasteMeter:
         return (allocated - self.used) / allocated if allocated else 0.0
 
 
-def run(requests: int, max_model_len: int) -> None:
+def run(requests: int, max_model_len: int, save: bool = True) -> None:
     started = time.perf_counter()
     trace = load_azure_csv(TRACES / "azure2023_conv.csv", limit=requests)
     replica = build_sim_replica(GPU, MODEL, max_model_len=max_model_len, enable_prefix_caching=False)
@@ -60,7 +60,7 @@ def run(requests: int, max_model_len: int) -> None:
         )
     )
     data = {name: waste for name, waste in rows}
-    write_results("kv_waste", "KV-cache waste: paging vs reservation", body, data, started)
+    write_results("kv_waste", "KV-cache waste: paging vs reservation", body, data, started, save)
 
 
 def main() -> None:
@@ -69,7 +69,7 @@ def main() -> None:
     parser.add_argument("--max-model-len", type=int, default=8192)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    run(300 if args.quick else args.requests, args.max_model_len)
+    run(300 if args.quick else args.requests, args.max_model_len, save=not args.quick)
 
 
 if __name__ == "__main__":

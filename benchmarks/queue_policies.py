@@ -19,7 +19,7 @@ GPU, MODEL = "a100-40gb", "llama-3.1-8b"
 POLICIES = ("fcfs", "memory_aware", "predicted_sjf")
 
 
-def run(requests: int, rate_multiplier: float) -> None:
+def run(requests: int, rate_multiplier: float, save: bool = True) -> None:
     started = time.perf_counter()
     trace = load_azure_csv(TRACES / "azure2023_conv.csv", limit=requests)
     rows, data = [], []
@@ -58,7 +58,7 @@ def run(requests: int, rate_multiplier: float) -> None:
             rows,
         )
     )
-    write_results("queue_policies", "Queue policies at high load", body, data, started)
+    write_results("queue_policies", "Queue policies at high load", body, data, started, save)
 
 
 def main() -> None:
@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--rate-multiplier", type=float, default=3.0)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    run(300 if args.quick else args.requests, args.rate_multiplier)
+    run(300 if args.quick else args.requests, args.rate_multiplier, save=not args.quick)
 
 
 if __name__ == "__main__":

@@ -75,7 +75,8 @@ def run(requests: int, gpu: str, cache_multipliers: list[int], time_scale: float
         runs.append({"cache": label, "kv_capacity_tokens": capacity, "ideal_lru": lru, **s})
     body = (
         f"First {requests} requests of `mooncake_conversation_trace.jsonl` (arrivals stretched "
-        f"x{time_scale:g} so one replica keeps up), `{MODEL}`, {BLOCK_SIZE}-token blocks, LRU eviction of free blocks. "
+        f"x{time_scale:g} so one replica keeps up), `{MODEL}`, {BLOCK_SIZE}-token blocks, "
+        "LRU eviction of free blocks. "
         "Each Mooncake prompt averages 12k tokens, so one GPU's cache holds only a few dozen "
         "conversations and turns of a conversation arrive far apart: the engine matches an ideal "
         "LRU of the same size, and only a larger (fleet-wide, prefix-routed) cache approaches the "

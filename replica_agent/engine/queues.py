@@ -111,10 +111,16 @@ class PredictedSjfPolicy(FcfsPolicy):
                 changed = True
         return changed
 
+    def _remaining(self, seq: Sequence) -> float:
+        return float(max(_predicted_output(seq, self.default_output_tokens) - seq.num_output_tokens, 0))
+
     def waiting_key(self, seq: Sequence, step: int) -> SortKey:
         promoted = 0.0 if step < seq.promoted_until_step else 1.0
-        remaining = _predicted_output(seq, self.default_output_tokens) - seq.num_output_tokens
-        return (promoted, float(max(remaining, 0)), *_arrival(seq))
+        return (promoted, self._remaining(seq), *_arrival(seq))
+
+    def running_key(self, seq: Sequence) -> SortKey:
+        # the request predicted to run longest yields first when memory runs out
+        return (self._remaining(seq), *_arrival(seq))
 
 
 def make_queue_policy(config: EngineConfig) -> QueuePolicy:

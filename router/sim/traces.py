@@ -8,12 +8,15 @@ prefix exactly when they share leading hash ids. Traces without prefix ids get d
 
 from __future__ import annotations
 
+import ast
 import csv
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+
+import numpy as np
 
 from replica_agent.engine.request import RequestSpec, SamplingParams
 
@@ -90,6 +93,56 @@ def load_mooncake_jsonl(path: Path, limit: int | None = None) -> list[TraceReque
             if limit is not None and len(rows) >= limit:
                 break
     return rows
+
+
+def _window_rates(trace_csv: Path) -> dict[str, float]:
+    rates: dict[str, float] = {}
+    with trace_csv.open(newline="") as handle:
+        for line_no, row in enumerate(csv.reader(handle), start=1):
+            try:
+                rates[str(int(float(row[0])))] = float(row[1])
+            except (IndexError, ValueError):
+                raise TraceFormatError(f"{trace_csv.name} row {line_no}: not a ServeGen window") from None
+    return rates
+
+
+def servegen_length_pmfs(directory: Path) -> tuple[dict[int, float], dict[int, float]]:
+    """Input- and output-length distributions pooled over every ServeGen client and window,
+    each window weighted by its request rate."""
+    pooled: tuple[dict[int, float], dict[int, float]] = ({}, {})
+    for dataset in sorted(directory.glob("chunk-*-dataset.json")):
+        rates = _window_rates(dataset.with_name(dataset.name.replace("-dataset.json", "-trace.csv")))
+        for window, fields in json.loads(dataset.read_text()).items():
+            weight = rates.get(window, 0.0)
+            if weight <= 0:
+                continue
+            for target, field in zip(pooled, ("input_tokens", "output_tokens"), strict=True):
+                try:
+                    pmf = ast.literal_eval(fields[field])
+                except (KeyError, ValueError, SyntaxError):
+                    raise TraceFormatError(f"{dataset.name} window {window}: bad {field}") from None
+                for tokens, probability in pmf.items():
+                    target[int(tokens)] = target.get(int(tokens), 0.0) + weight * float(probability)
+    if not pooled[0] or not pooled[1]:
+        raise TraceFormatError(f"no ServeGen windows with traffic under {directory}")
+    return pooled
+
+
+def sample_servegen(
+    directory: Path, num_requests: int, rate_per_s: float, seed: int = 0
+) -> list[TraceRequest]:
+    """Poisson arrivals at ``rate_per_s`` with lengths drawn from the pooled ServeGen distributions."""
+    rng = np.random.default_rng(seed)
+    drawn = []
+    for pmf in servegen_length_pmfs(directory):
+        values = np.fromiter(pmf.keys(), dtype=np.int64)
+        weights = np.fromiter(pmf.values(), dtype=float)
+        drawn.append(rng.choice(values, size=num_requests, p=weights / weights.sum()))
+    arrivals = np.cumsum(rng.exponential(1.0 / rate_per_s, size=num_requests))
+    return [
+        TraceRequest(float(t), max(1, int(i)), max(1, int(o)))
+        for t, i, o in zip(arrivals, drawn[0], drawn[1], strict=True)
+    ]
 
 
 def prompt_tokens_for(index: int, request: TraceRequest) -> tuple[int, ...]:

@@ -1,3 +1,4 @@
+import itertools
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ from router.sim.traces import (
     load_azure_csv,
     load_mooncake_jsonl,
     prompt_tokens_for,
+    sample_servegen,
     to_specs,
 )
 
@@ -81,3 +83,21 @@ def test_real_traces_load() -> None:
     assert len(load_azure_csv(SHARED_TRACES / "azure2023_conv.csv", limit=100)) == 100
     rows = load_mooncake_jsonl(SHARED_TRACES / "mooncake_conversation_trace.jsonl", limit=50)
     assert rows[0].prefix_ids[0] == 0 and rows[0].prompt_tokens == 6758
+
+
+def test_servegen_sampling_is_seeded_and_shaped(tmp_path: Path) -> None:
+    (tmp_path / "chunk-0-trace.csv").write_text("0,2.0,1.0,Gamma,1,1\n600,0,0,,0,0\n")
+    (tmp_path / "chunk-0-dataset.json").write_text(
+        '{"0": {"input_tokens": "{10: 0.5, 20: 0.5}", "output_tokens": "{5: 1.0}"},'
+        ' "600": {"input_tokens": "{999: 1.0}", "output_tokens": "{999: 1.0}"}}'
+    )
+    first = sample_servegen(tmp_path, 50, rate_per_s=10.0, seed=3)
+    assert first == sample_servegen(tmp_path, 50, rate_per_s=10.0, seed=3)
+    assert {r.prompt_tokens for r in first} <= {10, 20}  # the idle window carries no weight
+    assert {r.output_tokens for r in first} == {5}
+    assert all(b.arrival_s > a.arrival_s for a, b in itertools.pairwise(first))
+
+
+def test_servegen_directory_without_traffic_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(TraceFormatError, match="no ServeGen windows"):
+        sample_servegen(tmp_path, 5, rate_per_s=1.0)

@@ -214,3 +214,11 @@ def test_snapshot_reports_queue_cache_and_admissions() -> None:
     later = engine.snapshot(0.6)
     assert later.admitted_ids == ()
     assert later.seq == snap.seq + 1
+
+
+def test_predicted_sjf_preempts_the_longest_predicted_request() -> None:
+    engine = small_engine(num_blocks=6, queue_policy="predicted_sjf")
+    engine.add(spec("long", list(range(8)), max_tokens=12, predicted=12, arrival=0.0))
+    engine.add(spec("short", list(range(50, 58)), max_tokens=12, predicted=2, arrival=0.5))
+    plans = run_all(engine)
+    assert {pid for p in plans for pid in p.preempted_ids} == {"long"}

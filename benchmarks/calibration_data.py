@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Literal
 
 # The nine per-layer ops of Vidur's mlp.csv (``emb`` is once per iteration and excluded).
 LAYER_OPS = (
@@ -61,17 +60,39 @@ class AttentionRow:
 
 @dataclass(frozen=True)
 class Scenario:
-    """How a vLLM benchmark ran, for the closed-form e2e model (see calibration.py)."""
+    """How a vLLM benchmark ran, replayed through the engine by ``calibration_e2e.run_scenario``.
 
-    kind: Literal[
-        "burst", "closed_loop"
-    ]  # "burst": all requests arrive at once at an idle server; "closed_loop": staggered
+    ``concurrency`` clients each send their next request the moment the previous one finishes, all
+    starting at t=0, until ``num_requests`` were sent (``benchmark_serving --max-concurrency``;
+    with ``num_requests == concurrency`` it is one burst). Request ``i`` has
+    ``prompt_tokens[i % len(prompt_tokens)]`` random (never shared) prompt tokens and exactly
+    ``output_tokens`` outputs (``ignore_eos``); with ``length_spread`` f > 0 both lengths are
+    instead drawn uniformly from [(1 - f) L, (1 + f) L] (seeded), as in a chat data set, which keeps
+    the clients from staying in lock-step. The rest is the server's vLLM configuration.
+    """
+
     concurrency: int
-    prompt_tokens: int
+    prompt_tokens: tuple[int, ...]
     output_tokens: int
-    chunk_budget: int = 2048  # vLLM's max_num_batched_tokens
+    num_requests: int
+    max_num_batched_tokens: int
+    enable_chunked_prefill: bool = True
+    max_model_len: int = 8192
+    length_spread: float = 0.0
+    # Front-end latency per request when the stack differs from the one the library models
+    # (None: the cost model's request_overhead_s, fitted to current vLLM).
+    request_overhead_s: float | None = None
     host_bound: bool = False  # the server saturates on the host, outside a GPU model's scope
     note: str = ""
+
+    @property
+    def label(self) -> str:
+        prompts = self.prompt_tokens
+        shown = (
+            str(prompts[0]) if len(prompts) == 1 else f"{min(prompts)}-{max(prompts)} (sum {sum(prompts)})"
+        )
+        spread = f" (+-{self.length_spread:.0%})" if self.length_spread else ""
+        return f"{self.num_requests} req, in {shown} / out {self.output_tokens}{spread}"
 
 
 @dataclass(frozen=True)
@@ -119,25 +140,61 @@ _E2E_GPUS: Mapping[str, str] = MappingProxyType(
     }
 )
 _HOST_BOUND = (
-    "aggregate output stays at ~1.3-1.4k tok/s from C=16 to C=64 (4x the streams): the server is "
-    "host-bound (API server / detokenisation / client), which a GPU cost model does not capture"
+    "aggregate output stays at ~1.3-1.4k tok/s from C=16 to C=64 (4x the streams) while the GPU "
+    "model's batch-64 decode step is ~10 ms (~6k tok/s): that server is host-bound (API server / "
+    "detokenisation / streaming / client), a property of that deployment and not of the H100"
 )
+
+
+# LambdaLabs: 10 ShareGPT prompts, 1369 prompt tokens in total, 4 to 399 each (the CSV); the exact
+# lengths are not published, so a spread with those bounds and that sum.
+LAMBDA_PROMPTS = (4, 20, 45, 80, 110, 140, 170, 200, 201, 399)
+YOBITEL_LENGTHS = (256, 256)  # "chatbot-short": not published; assumed (see the sensitivity table)
+# vLLM 0.6.0's front end (LambdaLabs): fitted by benchmarks/calibration.py to those two TTFT points
+# only (it prints the refit); the library's request_overhead_s is fitted to the current-vLLM points.
+VLLM_060_REQUEST_OVERHEAD_S = 22.6e-3
+YOBITEL_SPREAD = 0.5  # chat prompts and answers vary in length; assumed +-50% uniform
 
 
 def _scenario(row: dict[str, str]) -> Scenario:
     """Scenario assumptions per CSV row; the reasoning is in benchmarks/results/calibration.md."""
     concurrency = int(row["concurrency"])
     if row["source"].startswith("LambdaLabs"):
-        # 10 ShareGPT prompts sent at once: 1369 prompt tokens and ~1900 output tokens in total.
+        # vLLM 0.6.0, max_model_len 2048 (``_len2048``): no chunked prefill, 2048 batched tokens.
+        # All 10 requests at once; each gets the mean output (1945/10, 1867/10).
         total_out = int(row["output_tokens"].split()[0])
-        return Scenario("burst", concurrency, 137, round(total_out / concurrency), note="vLLM 0.6.0")
-    if "yobitel" in row["source"]:
-        # "chatbot-short": lengths not published; assumed 256 in / 256 out, staggered closed loop.
         return Scenario(
-            "closed_loop", concurrency, 256, 256, host_bound=concurrency >= 16, note="vLLM 0.21.0"
+            concurrency,
+            LAMBDA_PROMPTS,
+            round(total_out / concurrency),
+            concurrency,
+            max_num_batched_tokens=2048,
+            enable_chunked_prefill=False,
+            max_model_len=2048,
+            request_overhead_s=VLLM_060_REQUEST_OVERHEAD_S,
+            note="vLLM 0.6.0",
         )
+    if "yobitel" in row["source"]:
+        # vLLM 0.21.0 (V1): chunked prefill, 8192 batched tokens on a >= 70 GiB GPU.
+        prompt, output = YOBITEL_LENGTHS
+        return Scenario(
+            concurrency,
+            (prompt,),
+            output,
+            max(8 * concurrency, 24),
+            max_num_batched_tokens=8192,
+            length_spread=YOBITEL_SPREAD,
+            host_bound=concurrency >= 16,
+            note="vLLM 0.21.0",
+        )
+    # vLLM 0.23.0 on an A100-40GB (< 70 GiB): chunked prefill, 2048 batched tokens.
     return Scenario(
-        "closed_loop", concurrency, int(row["input_tokens"]), int(row["output_tokens"]), note="vLLM 0.23.0"
+        concurrency,
+        (int(row["input_tokens"]),),
+        int(row["output_tokens"]),
+        max(8 * concurrency, 16),
+        max_num_batched_tokens=2048,
+        note="vLLM 0.23.0",
     )
 
 
@@ -159,7 +216,8 @@ def load_e2e(data_dir: Path) -> list[E2ePoint]:
                 ("output_tok_s", "output_tok_per_s"),
             ):
                 value = _number(row[column])
-                if value is None or (metric == "output_tok_s" and scenario.kind == "burst"):
+                burst = scenario.num_requests == scenario.concurrency
+                if value is None or (metric == "output_tok_s" and burst):
                     continue  # no number, or a burst's throughput (set by its unknown longest output)
                 points.append(
                     E2ePoint(_E2E_GPUS[row["gpu"]], "llama-3.1-8b", metric, value, scenario, source)

@@ -1,73 +1,131 @@
-"""Closed-form serving model used to compare the cost model with vLLM end-to-end numbers.
+"""Replay of the vLLM end-to-end benchmarks through the real engine and the cost-model executor.
 
-Two scenarios (assumptions documented in benchmarks/results/calibration.md):
+A closed-loop client (``benchmark_serving --max-concurrency C``): C requests are sent at t=0 and
+each client sends its next one the moment its previous one finishes. The engine steps in virtual
+time (``schedule(now)`` -> ``execute`` -> ``now += duration`` -> ``update``); metrics are computed
+the way ``benchmark_serving`` does: TTFT = first token - send, TPOT = (e2e - TTFT) / (output - 1),
+output throughput = output tokens / benchmark duration; TTFT and TPOT are medians over requests.
 
-- ``burst``: C requests reach an idle server at once. Their prompts are packed into steps of at most
-  ``chunk_budget`` tokens; TTFT is the median over requests of the end of the step that finishes
-  the prompt. TPOT is a decode step of batch C at the mean context ``P + O/2``.
-- ``closed_loop``: C streams, each sending its next request when the last one ends, so arrivals are
-  staggered. A new prompt waits for the running decode step to end plus the step already scheduled
-  (vLLM's async scheduling: 1.5 decode steps on average, none at C=1), then prefills in steps
-  shared with the C-1 running decodes. During its O-1 decode steps, the other C-1 streams' prefills
-  land in its batch; TPOT averages those mixed steps with pure decode steps. Output throughput is
-  C · O / (TTFT + (O-1) · TPOT).
+The cost model's ``request_overhead_s`` (the serving front end's fixed latency per request) is not
+part of any engine step: this driver adds it, as a delay between a request's send time and its
+arrival at the engine, so it lands in TTFT and end-to-end latency (and, in a closed loop, in the
+gap between a client's requests), exactly as a simulator should.
 
-The lead may later replace this with a run of the real engine over the same scenarios.
+``host_seq_s`` is a diagnostic only (not shipped): a host cost per sequence per step that runs
+overlapped with the GPU (step time = max(GPU time, host_seq_s x sequences)), used to show that the
+host-bound yobitel points are explained by a front end capped at 1 / host_seq_s tokens/s.
 """
 
 from __future__ import annotations
 
-import math
+import heapq
+import random
 import statistics
 
 from benchmarks.calibration_data import Scenario
-from replica_agent.engine.step import BatchShape, SeqShape
+from replica_agent.engine import RequestSpec, SamplingParams
+from replica_agent.executors.cost_executor import CostModelExecutor
 from replica_agent.executors.cost_model import StepCostModel
-
-ASYNC_SCHEDULING_WAIT_STEPS = 1.5
-
-
-def e2e_model(cost: StepCostModel, scenario: Scenario) -> dict[str, float]:
-    """Modelled ``ttft_ms``, ``tpot_ms`` and ``output_tok_s`` for ``scenario``."""
-    if scenario.kind == "burst":
-        return _burst(cost, scenario)
-    return _closed_loop(cost, scenario)
+from replica_agent.sim_replica import build_sim_replica
 
 
-def _burst(cost: StepCostModel, s: Scenario) -> dict[str, float]:
-    remaining = [s.prompt_tokens] * s.concurrency
-    done_at: list[float] = []
-    clock = 0.0
-    while remaining:
-        budget, seqs, finished = s.chunk_budget, [], 0
-        for i, left in enumerate(remaining):
-            take = min(left, budget)
-            if take == 0:
-                break
-            seqs.append(SeqShape(take, s.prompt_tokens - left))
-            remaining[i] -= take
-            budget -= take
-            finished += remaining[i] == 0
-        clock += cost.step_seconds(BatchShape(tuple(seqs)))
-        done_at += [clock] * finished
-        remaining = [left for left in remaining if left > 0]
-    tpot = cost.decode_step_seconds(s.concurrency, s.prompt_tokens + s.output_tokens / 2)
-    ttft = statistics.median(done_at)
-    return {"ttft_ms": ttft * 1e3, "tpot_ms": tpot * 1e3, "output_tok_s": s.concurrency / tpot}
+def run_scenario(
+    gpu: str,
+    model: str,
+    scenario: Scenario,
+    host_seq_s: float = 0.0,
+    request_overhead_s: float | None = None,
+    cost: StepCostModel | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Modelled median ``ttft_ms``, median ``tpot_ms`` and ``output_tok_s`` of ``scenario``.
+
+    The per-request front-end delay is ``request_overhead_s`` if given, else the scenario's own (an
+    older serving stack), else the cost model's ``request_overhead_s``. ``cost`` replaces the
+    shipped cost model (the calibration passes refitted ones); the engine is the same."""
+    s = scenario
+    replica = build_sim_replica(
+        gpu,
+        model,
+        seed=seed,
+        max_num_batched_tokens=s.max_num_batched_tokens,
+        enable_chunked_prefill=s.enable_chunked_prefill,
+        max_model_len=s.max_model_len,
+    )
+    engine, executor = replica.engine, replica.executor
+    if cost is not None:
+        executor = CostModelExecutor(cost, cost.model.vocab_size, engine.config.eos_token_id, seed)
+    cost = executor.cost_model
+    overhead = request_overhead_s
+    if overhead is None:
+        overhead = s.request_overhead_s
+    if overhead is None:
+        overhead = cost.request_overhead_s
+    vocab = cost.model.vocab_size
+    rng = random.Random(seed)
+    lengths = request_lengths(s, rng)
+    arrivals: list[tuple[float, int]] = []  # (time the engine sees it, request index)
+    sent: dict[str, float] = {}
+    first: dict[str, float] = {}
+    ttft: list[float] = []
+    tpot: list[float] = []
+    next_index = 0
+
+    def send(now: float) -> None:
+        nonlocal next_index
+        if next_index < s.num_requests:
+            sent[f"r{next_index}"] = now
+            heapq.heappush(arrivals, (now + overhead, next_index))
+            next_index += 1
+
+    for _ in range(s.concurrency):
+        send(0.0)
+    now = end = 0.0
+    while arrivals or engine.has_unfinished():
+        while arrivals and arrivals[0][0] <= now:
+            at, index = heapq.heappop(arrivals)
+            prompt, max_tokens = lengths[index]
+            engine.add(
+                RequestSpec(
+                    f"r{index}",
+                    tuple(rng.randrange(vocab) for _ in range(prompt)),
+                    arrival_time=at,
+                    params=SamplingParams(max_tokens=max_tokens, ignore_eos=True),
+                )
+            )
+        plan = engine.schedule(now)
+        if plan is None:
+            if not arrivals:
+                raise RuntimeError("engine has unfinished requests but schedules nothing")
+            now = max(now, arrivals[0][0])
+            continue
+        result = executor.execute(plan)
+        now += max(result.duration_s, host_seq_s * len(plan.chunks))
+        for output in engine.update(plan, result, now):
+            rid = output.request_id
+            if output.num_output_tokens == 1:
+                first[rid] = now
+            if output.finished:
+                latency = now - sent[rid]
+                ttft.append(first[rid] - sent[rid])
+                if output.num_output_tokens > 1:
+                    tpot.append((latency - ttft[-1]) / (output.num_output_tokens - 1))
+                end = now
+                send(now)
+    return {
+        "ttft_ms": statistics.median(ttft) * 1e3,
+        "tpot_ms": statistics.median(tpot) * 1e3,
+        "output_tok_s": sum(output for _, output in lengths) / end,
+    }
 
 
-def _closed_loop(cost: StepCostModel, s: Scenario) -> dict[str, float]:
-    c, p, o = s.concurrency, s.prompt_tokens, s.output_tokens
-    context = p + o // 2
-    chunks = math.ceil(p / s.chunk_budget)
-    chunk = min(p, s.chunk_budget)
-    others = (SeqShape(1, context),) * (c - 1)
-    mixed = cost.step_seconds(BatchShape((SeqShape(chunk, 0), *others)))
-    decode = cost.decode_step_seconds(c, context)
-    wait = ASYNC_SCHEDULING_WAIT_STEPS * cost.decode_step_seconds(c - 1, context) if c > 1 else 0.0
-    ttft = wait + chunks * mixed
-    steps = max(o - 1, 1)
-    mixed_steps = min(steps, (c - 1) * chunks)
-    tpot = (mixed_steps * mixed + (steps - mixed_steps) * decode) / steps
-    throughput = c * o / (ttft + (o - 1) * tpot)
-    return {"ttft_ms": ttft * 1e3, "tpot_ms": tpot * 1e3, "output_tok_s": throughput}
+def request_lengths(s: Scenario, rng: random.Random) -> list[tuple[int, int]]:
+    """(prompt, output) tokens of every request of ``s``."""
+    out: list[tuple[int, int]] = []
+    for index in range(s.num_requests):
+        prompt, output = s.prompt_tokens[index % len(s.prompt_tokens)], s.output_tokens
+        if s.length_spread > 0:
+            prompt = round(prompt * rng.uniform(1 - s.length_spread, 1 + s.length_spread))
+            output = round(output * rng.uniform(1 - s.length_spread, 1 + s.length_spread))
+        out.append((max(prompt, 1), max(output, 2)))
+    return out

@@ -56,7 +56,8 @@ class StepCostModel:
         self._kv_token_layer_bytes = 2 * kv * d
         self._attn_kv_s = self._kv_token_layer_bytes / attn_bandwidth
         self._attn_flop_s = 4 * q / (gpu.dense_fp16_flops * eff.attn_compute_fraction)
-        self._attn_floor_s = eff.attn_floor_s
+        self._decode_floor_s, self._prefill_floor_s = eff.attention_floors(model.attention_backend)
+        self.request_overhead_s = eff.request_overhead_s
         self._attn_seq_s = eff.attn_decode_head_s * model.num_kv_heads
         self._attn_token_s = eff.attn_prefill_head_token_s * model.num_heads
 
@@ -64,7 +65,7 @@ class StepCostModel:
 
     def step_seconds(self, shape: BatchShape) -> float:
         """Wall time of one engine step computing ``shape`` (0.0 for an empty step)."""
-        tokens = seqs = decodes = decode_context = 0
+        tokens = seqs = decodes = decode_context = prefills = 0
         prefill_s = 0.0
         for seq in shape.seqs:
             new, context = seq.new_tokens, seq.context_tokens
@@ -78,8 +79,9 @@ class StepCostModel:
                 decodes += 1
                 decode_context += context
             else:
+                prefills += 1
                 prefill_s += self._prefill_attention(new, context)
-        return self._step(tokens, seqs, decodes, decode_context, prefill_s)
+        return self._step(tokens, seqs, decodes, decode_context, prefills, prefill_s)
 
     def decode_step_seconds(self, batch: int, mean_context: float) -> float:
         """One step of ``batch`` decoding sequences with ``mean_context`` cached tokens each."""
@@ -87,7 +89,7 @@ class StepCostModel:
         if batch == 0:
             return 0.0
         context = max(mean_context, 1.0)
-        return self._step(batch, batch, batch, batch * context, 0.0)
+        return self._step(batch, batch, batch, batch * context, 0, 0.0)
 
     def prefill_tokens_per_s(
         self, num_running_decodes: int, mean_context: float, chunk_tokens: int = 2048
@@ -101,20 +103,27 @@ class StepCostModel:
         decodes = num_running_decodes
         context = max(mean_context, 1.0)
         prefill_s = self._prefill_attention(chunk_tokens, 0)
-        step = self._step(chunk_tokens + decodes, 1 + decodes, decodes, decodes * context, prefill_s)
+        step = self._step(chunk_tokens + decodes, 1 + decodes, decodes, decodes * context, 1, prefill_s)
         return chunk_tokens / step
 
-    def _step(self, tokens: int, seqs: int, decodes: int, decode_context: float, prefill_s: float) -> float:
+    def _step(
+        self, tokens: int, seqs: int, decodes: int, decode_context: float, prefills: int, prefill_s: float
+    ) -> float:
         if tokens == 0:
             return 0.0
-        layer = self.dense_layer_seconds(tokens) + self._attention(decodes, decode_context, prefill_s)
+        attention = self._attention(decodes, decode_context, prefills, prefill_s)
+        layer = self.dense_layer_seconds(tokens) + attention
         head = _roofline(self._head_weights_s + seqs * self._head_act_s, seqs * self._head_flop_s, self._p)
         return self._layers * layer + tokens * self._embed_s + head + self._step_overhead_s
 
-    def _attention(self, decodes: int, decode_context: float, prefill_s: float) -> float:
-        """One layer's attention: decodes read their KV context (plus the new token's)."""
-        decode_s = decodes * self._attn_seq_s + (decode_context + decodes) * self._attn_kv_s
-        return self._attn_floor_s + prefill_s + decode_s
+    def _attention(self, decodes: int, decode_context: float, prefills: int, prefill_s: float) -> float:
+        """One layer's attention: decodes read their KV context (plus the new token's); each kind of
+        kernel the step launches (decode, prefill) pays its backend's floor once."""
+        attention = prefill_s + (self._prefill_floor_s if prefills else 0.0)
+        if decodes:
+            attention += self._decode_floor_s + decodes * self._attn_seq_s
+            attention += (decode_context + decodes) * self._attn_kv_s
+        return attention
 
     def _prefill_attention(self, new: int, context: int) -> float:
         flops_s = new * (context + new / 2) * self._attn_flop_s
@@ -133,17 +142,16 @@ class StepCostModel:
 
     def attention_layer_seconds(self, shape: BatchShape) -> float:
         """The attention kernels of one layer for ``shape`` (decode and prefill sequences)."""
-        decodes = decode_context = 0
+        decodes = decode_context = prefills = 0
         prefill_s = 0.0
         for seq in shape.seqs:
             if seq.new_tokens == 1 and seq.context_tokens > 0:
                 decodes += 1
                 decode_context += seq.context_tokens
             elif seq.new_tokens > 0:
+                prefills += 1
                 prefill_s += self._prefill_attention(seq.new_tokens, seq.context_tokens)
-        if decodes == 0 and prefill_s == 0.0:
-            return 0.0
-        return self._attention(decodes, decode_context, prefill_s)
+        return self._attention(decodes, decode_context, prefills, prefill_s)
 
     # --- memory ----------------------------------------------------------------------------------
 

@@ -24,8 +24,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
+from typing import Literal
 
 _MIB = 1024 * 1024
+
+
+AttentionBackend = Literal["flash-attn", "flashinfer"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,12 +41,19 @@ class GpuEfficiency:
     (p -> inf is the sharp ``max``; the fitted ~1.6 reflects the slow knee of real GEMMs), plus
     ``layer_floor_s`` per layer for launch gaps and the small kernels (norms, rotary, activation,
     residual add). Attention: KV reads at ``attn_bandwidth_fraction`` of peak, prefill FLOPs at
-    ``attn_compute_fraction``, a per-layer kernel floor ``attn_floor_s``, ``attn_decode_head_s`` per
-    (decoding sequence x KV head) and ``attn_prefill_head_token_s`` per (prompt token x query head).
+    ``attn_compute_fraction``, ``attn_decode_head_s`` per (decoding sequence x KV head) and
+    ``attn_prefill_head_token_s`` per (prompt token x query head), plus a per-layer launch floor for
+    each kernel a step runs (the decode kernel if it has decodes, the prefill kernel if it has
+    prefill chunks). The floors depend on the attention backend (:data:`AttentionBackend`):
+    ``attn_{decode,prefill}_floor_s`` for FlashAttention, ``flashinfer_{decode,prefill}_floor_s``
+    for FlashInfer, whose batch-decode kernel costs ~20 us per layer however small the batch.
 
     ``step_overhead_s`` is the fixed host cost of one step (scheduling, input preparation, sampling)
     left over once the rest is fitted. It fits to ~0 against vLLM: the Vidur per-kernel timings
     already include the launch gaps that vLLM's CUDA graphs and asynchronous scheduling hide.
+    ``request_overhead_s`` is the serving front end's fixed latency per request (HTTP, tokenisation,
+    hand-off to the engine, first chunk streamed back), fitted to the vLLM TTFT points. It is not
+    part of any step: a simulator adds it to each request's TTFT (and end-to-end latency).
     """
 
     bandwidth_fraction: float
@@ -52,9 +63,19 @@ class GpuEfficiency:
     step_overhead_s: float
     attn_bandwidth_fraction: float
     attn_compute_fraction: float
-    attn_floor_s: float
+    attn_decode_floor_s: float
+    attn_prefill_floor_s: float
+    flashinfer_decode_floor_s: float
+    flashinfer_prefill_floor_s: float
     attn_decode_head_s: float
     attn_prefill_head_token_s: float
+    request_overhead_s: float
+
+    def attention_floors(self, backend: AttentionBackend) -> tuple[float, float]:
+        """(decode, prefill) per-layer launch floor of ``backend``'s attention kernels."""
+        if backend == "flashinfer":
+            return self.flashinfer_decode_floor_s, self.flashinfer_prefill_floor_s
+        return self.attn_decode_floor_s, self.attn_prefill_floor_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +93,12 @@ class GpuProfile:
 
 @dataclass(frozen=True, slots=True)
 class ModelProfile:
-    """A Llama-style decoder (gated SiLU MLP, RMSNorm, rotary, grouped-query attention)."""
+    """A Llama-style decoder (gated SiLU MLP, RMSNorm, rotary, grouped-query attention).
+
+    ``attention_backend`` picks the attention kernels' launch floors. It follows the measured data:
+    vLLM picked FlashInfer for Llama-3-8B and FlashAttention for Llama-2-7B in Vidur's profiling
+    (the backends named in ``shared/data/gpu_profiles/README.md``).
+    """
 
     name: str
     num_layers: int
@@ -84,6 +110,7 @@ class ModelProfile:
     vocab_size: int
     num_params: int
     dtype_bytes: int = 2
+    attention_backend: AttentionBackend = "flash-attn"
 
     @property
     def weight_bytes(self) -> int:
@@ -98,11 +125,15 @@ A100_80GB_FIT = GpuEfficiency(
     roofline_exponent=1.586,  # shared by all GPUs (joint fit)
     layer_floor_s=0.0,
     step_overhead_s=0.0,  # shared; fits to ~0 (see GpuEfficiency)
-    attn_bandwidth_fraction=0.9757,
-    attn_compute_fraction=0.2974,
-    attn_floor_s=10.14e-6,
-    attn_decode_head_s=29.25e-9,
-    attn_prefill_head_token_s=4.001e-9,
+    attn_bandwidth_fraction=0.9836,
+    attn_compute_fraction=0.3441,
+    attn_decode_floor_s=7.972e-6,  # FlashAttention (Vidur's Llama-2-7B rows)
+    attn_prefill_floor_s=1.249e-6,
+    flashinfer_decode_floor_s=15.64e-6,  # FlashInfer (Vidur's Llama-3-8B rows)
+    flashinfer_prefill_floor_s=4.177e-6,
+    attn_decode_head_s=30.74e-9,
+    attn_prefill_head_token_s=6.525e-9,
+    request_overhead_s=2.525e-3,  # shared; current vLLM front end (see GpuEfficiency)
 )
 # The attention fields of these two are replaced by the A100's in make_gpu_profiles.
 H100_80GB_FIT = replace(
@@ -124,7 +155,10 @@ def _with_a100_attention(fit: GpuEfficiency, a100: GpuEfficiency, bandwidth: flo
         fit,
         attn_bandwidth_fraction=a100.attn_bandwidth_fraction,
         attn_compute_fraction=a100.attn_compute_fraction,
-        attn_floor_s=a100.attn_floor_s,
+        attn_decode_floor_s=a100.attn_decode_floor_s,
+        attn_prefill_floor_s=a100.attn_prefill_floor_s,
+        flashinfer_decode_floor_s=a100.flashinfer_decode_floor_s,
+        flashinfer_prefill_floor_s=a100.flashinfer_prefill_floor_s,
         attn_decode_head_s=a100.attn_decode_head_s * ratio,
         attn_prefill_head_token_s=a100.attn_prefill_head_token_s * ratio,
     )
@@ -160,7 +194,9 @@ def make_gpu_profiles(
 
 _MODELS: tuple[ModelProfile, ...] = (
     # Llama-3.1-8B has the Llama-3-8B architecture (the Vidur Meta-Llama-3-8B rows).
-    ModelProfile("llama-3.1-8b", 32, 4096, 32, 8, 128, 14336, 128256, 8_030_261_248),
+    ModelProfile(
+        "llama-3.1-8b", 32, 4096, 32, 8, 128, 14336, 128256, 8_030_261_248, attention_backend="flashinfer"
+    ),
     ModelProfile("llama-2-7b", 32, 4096, 32, 32, 128, 11008, 32000, 6_738_415_616),
     ModelProfile("llama-2-13b", 40, 5120, 40, 40, 128, 13824, 32000, 13_015_864_320),
 )

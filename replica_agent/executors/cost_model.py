@@ -65,23 +65,7 @@ class StepCostModel:
 
     def step_seconds(self, shape: BatchShape) -> float:
         """Wall time of one engine step computing ``shape`` (0.0 for an empty step)."""
-        tokens = seqs = decodes = decode_context = prefills = 0
-        prefill_s = 0.0
-        for seq in shape.seqs:
-            new, context = seq.new_tokens, seq.context_tokens
-            if new < 0 or context < 0:
-                raise ValueError(f"negative token counts in {seq!r}")
-            if new == 0:
-                continue
-            tokens += new
-            seqs += 1
-            if new == 1 and context > 0:
-                decodes += 1
-                decode_context += context
-            else:
-                prefills += 1
-                prefill_s += self._prefill_attention(new, context)
-        return self._step(tokens, seqs, decodes, decode_context, prefills, prefill_s)
+        return self._step(*self._tally(shape))
 
     def decode_step_seconds(self, batch: int, mean_context: float) -> float:
         """One step of ``batch`` decoding sequences with ``mean_context`` cached tokens each."""
@@ -125,6 +109,26 @@ class StepCostModel:
             attention += (decode_context + decodes) * self._attn_kv_s
         return attention
 
+    def _tally(self, shape: BatchShape) -> tuple[int, int, int, int, int, float]:
+        """``shape`` as (tokens, sequences, decodes, decode context, prefills, prefill attention s)."""
+        tokens = seqs = decodes = decode_context = prefills = 0
+        prefill_s = 0.0
+        for seq in shape.seqs:
+            new, context = seq.new_tokens, seq.context_tokens
+            if new < 0 or context < 0:
+                raise ValueError(f"negative token counts in {seq!r}")
+            if new == 0:
+                continue
+            tokens += new
+            seqs += 1
+            if new == 1 and context > 0:
+                decodes += 1
+                decode_context += context
+            else:
+                prefills += 1
+                prefill_s += self._prefill_attention(new, context)
+        return tokens, seqs, decodes, decode_context, prefills, prefill_s
+
     def _prefill_attention(self, new: int, context: int) -> float:
         flops_s = new * (context + new / 2) * self._attn_flop_s
         return new * self._attn_token_s + flops_s + context * self._attn_kv_s
@@ -142,15 +146,7 @@ class StepCostModel:
 
     def attention_layer_seconds(self, shape: BatchShape) -> float:
         """The attention kernels of one layer for ``shape`` (decode and prefill sequences)."""
-        decodes = decode_context = prefills = 0
-        prefill_s = 0.0
-        for seq in shape.seqs:
-            if seq.new_tokens == 1 and seq.context_tokens > 0:
-                decodes += 1
-                decode_context += seq.context_tokens
-            elif seq.new_tokens > 0:
-                prefills += 1
-                prefill_s += self._prefill_attention(seq.new_tokens, seq.context_tokens)
+        _, _, decodes, decode_context, prefills, prefill_s = self._tally(shape)
         return self._attention(decodes, decode_context, prefills, prefill_s)
 
     # --- memory ----------------------------------------------------------------------------------

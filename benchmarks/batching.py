@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from benchmarks.common import TRACES, markdown_table, summarise, write_results
+from benchmarks.common import TRACES, markdown_table, write_results
 from replica_agent.engine.replay import replay
 from replica_agent.sim_replica import build_sim_replica
 from router.sim.traces import load_azure_csv, to_specs
@@ -26,7 +26,7 @@ def run(requests: int, time_scales: list[float], save: bool = True) -> None:
         for mode in ("continuous", "static"):
             replica = build_sim_replica(GPU, MODEL, batching=mode, max_model_len=16384)
             result = replay(replica.engine, replica.executor.execute, to_specs(trace, time_scale=scale))
-            per_mode[mode] = summarise(result)
+            per_mode[mode] = result.summary()
         gain = per_mode["continuous"]["throughput_tok_s"] / per_mode["static"]["throughput_tok_s"]
         for mode, s in per_mode.items():
             rows.append(

@@ -1,4 +1,4 @@
-"""Shared plumbing for the benchmark scripts: data paths, summaries, result files."""
+"""Shared plumbing for the benchmark scripts: data paths, tables, result files."""
 
 from __future__ import annotations
 
@@ -9,42 +9,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from replica_agent.engine.replay import ReplayResult
-
 REPO = Path(__file__).resolve().parents[1]
 
 DATA = REPO.parent / "shared" / "data"
 TRACES = DATA / "traces"
 RESULTS = REPO / "benchmarks" / "results"
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values, dtype=float), q)) if len(values) else float("nan")
-
-
-def summarise(result: ReplayResult) -> dict[str, float]:
-    records = result.records
-    ttft = [r.ttft for r in records]
-    e2e = [r.e2e for r in records]
-    tpot = [r.tpot for r in records if r.output_tokens > 1]
-    prompt = sum(r.prompt_tokens for r in records)
-    return {
-        "requests": float(len(records)),
-        "throughput_tok_s": result.throughput_tok_s,
-        "makespan_s": result.makespan_s,
-        "ttft_p50_s": percentile(ttft, 50),
-        "ttft_p99_s": percentile(ttft, 99),
-        "ttft_mean_s": float(np.mean(ttft)) if ttft else float("nan"),
-        "e2e_p50_s": percentile(e2e, 50),
-        "e2e_p99_s": percentile(e2e, 99),
-        "e2e_mean_s": float(np.mean(e2e)) if e2e else float("nan"),
-        "tpot_p50_s": percentile(tpot, 50),
-        "preemptions": float(result.preemptions),
-        "cached_prompt_frac": sum(r.cached_tokens for r in records) / prompt if prompt else 0.0,
-        "steps": float(result.steps),
-    }
 
 
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:

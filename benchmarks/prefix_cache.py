@@ -12,7 +12,7 @@ import argparse
 import time
 from collections import OrderedDict
 
-from benchmarks.common import TRACES, markdown_table, summarise, write_results
+from benchmarks.common import TRACES, markdown_table, write_results
 from replica_agent.engine.replay import replay
 from replica_agent.sim_replica import build_sim_replica
 from router.sim.traces import MOONCAKE_BLOCK_TOKENS, TraceRequest, load_mooncake_jsonl, to_specs
@@ -58,7 +58,7 @@ def run(requests: int, gpu: str, cache_multipliers: list[int], time_scale: float
             gpu, MODEL, block_size=BLOCK_SIZE, max_model_len=131072, num_blocks=num_blocks
         )
         specs = to_specs(trace, time_scale=time_scale)
-        s = summarise(replay(replica.engine, replica.executor.execute, specs))
+        s = replay(replica.engine, replica.executor.execute, specs).summary()
         capacity = num_blocks * BLOCK_SIZE
         lru = reusable_fraction(trace, capacity)
         label = f"1x {gpu}" if multiplier == 1 else f"{multiplier}x {gpu} capacity"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from benchmarks.common import TRACES, markdown_table, summarise, write_results
+from benchmarks.common import TRACES, markdown_table, write_results
 from replica_agent.engine.replay import replay
 from replica_agent.sim_replica import build_sim_replica
 from router.sim.traces import TraceRequest, load_azure_csv, sample_servegen, to_specs
@@ -39,7 +39,7 @@ def run(quick: bool, save: bool = True) -> None:
         for policy in POLICIES:
             replica = build_sim_replica(gpu, MODEL, queue_policy=policy, max_model_len=32768)
             specs = to_specs(trace, time_scale=time_scale, with_prediction=True)
-            s = summarise(replay(replica.engine, replica.executor.execute, specs))
+            s = replay(replica.engine, replica.executor.execute, specs).summary()
             rows.append(
                 [
                     label,

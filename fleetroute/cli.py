@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import click
-import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -114,22 +113,9 @@ def replay(
         result = replay_engine(replica.engine, replica.executor.execute, to_specs(trace, time_scale=1 / rate))
     except ValueError as error:
         raise click.ClickException(str(error)) from None
-    ttft = np.array([r.ttft for r in result.records])
-    e2e = np.array([r.e2e for r in result.records])
     summary = {
-        "requests": len(result.records),
-        "makespan_s": round(result.makespan_s, 3),
-        "throughput_tok_s": round(result.throughput_tok_s, 1),
-        "ttft_p50_s": round(float(np.percentile(ttft, 50)), 4),
-        "ttft_p99_s": round(float(np.percentile(ttft, 99)), 4),
-        "e2e_p50_s": round(float(np.percentile(e2e, 50)), 4),
-        "e2e_p99_s": round(float(np.percentile(e2e, 99)), 4),
-        "preemptions": result.preemptions,
-        "cached_prompt_frac": round(
-            sum(r.cached_tokens for r in result.records)
-            / max(1, sum(r.prompt_tokens for r in result.records)),
-            4,
-        ),
+        key: int(value) if key in ("requests", "preemptions", "steps") else round(value, 4)
+        for key, value in result.summary().items()
     }
     if as_json:
         click.echo(json.dumps(summary))

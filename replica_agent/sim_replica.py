@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from protos.block_hash import DEFAULT_BLOCK_SIZE
 from protos.snapshot import Tier
 from replica_agent.engine import Engine, EngineConfig, ReplicaIdentity
 from replica_agent.executors.cost_executor import CostModelExecutor
@@ -33,7 +34,7 @@ def build_sim_replica(
     model_profile = get_model_profile(model)
     cost_model = StepCostModel(get_gpu_profile(gpu), model_profile)
     settings = dict(engine_settings)
-    block_size = int(settings.get("block_size", 16))
+    block_size = int(settings.get("block_size", DEFAULT_BLOCK_SIZE))
     settings.setdefault(
         "num_blocks", cost_model.kv_capacity_blocks(block_size, gpu_memory_utilization=gpu_memory_utilization)
     )

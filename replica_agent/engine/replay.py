@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import numpy as np
+
 from replica_agent.engine.engine import Engine
 from replica_agent.engine.request import RequestSpec
 from replica_agent.engine.step import StepPlan, StepResult
@@ -56,6 +58,37 @@ class ReplayResult:
     @property
     def throughput_tok_s(self) -> float:
         return self.output_tokens / self.makespan_s if self.makespan_s > 0 else 0.0
+
+    def summary(self) -> dict[str, float]:
+        """Latency percentiles and means (seconds), throughput, preemptions and cache hits."""
+        records = self.records
+        ttft = [r.ttft for r in records]
+        e2e = [r.e2e for r in records]
+        tpot = [r.tpot for r in records if r.output_tokens > 1]
+        prompt = sum(r.prompt_tokens for r in records)
+        return {
+            "requests": float(len(records)),
+            "throughput_tok_s": self.throughput_tok_s,
+            "makespan_s": self.makespan_s,
+            "ttft_p50_s": _percentile(ttft, 50),
+            "ttft_p99_s": _percentile(ttft, 99),
+            "ttft_mean_s": _mean(ttft),
+            "e2e_p50_s": _percentile(e2e, 50),
+            "e2e_p99_s": _percentile(e2e, 99),
+            "e2e_mean_s": _mean(e2e),
+            "tpot_p50_s": _percentile(tpot, 50),
+            "preemptions": float(self.preemptions),
+            "cached_prompt_frac": sum(r.cached_tokens for r in records) / prompt if prompt else 0.0,
+            "steps": float(self.steps),
+        }
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else float("nan")
 
 
 Execute = Callable[[StepPlan], StepResult]

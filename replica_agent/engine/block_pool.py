@@ -27,8 +27,9 @@ class BlockPool:
         self._free: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))
         self._by_hash: dict[int, int] = {}
         self._record_events = record_cache_events
-        self._new_cached: list[int] = []
-        self._evicted: list[int] = []
+        # Each hash sits in at most one of the two: its last event since the previous drain wins.
+        self._new_cached: dict[int, None] = {}
+        self._evicted: dict[int, None] = {}
 
     @property
     def num_blocks(self) -> int:
@@ -96,10 +97,11 @@ class BlockPool:
         block.block_hash = block_hash
         self._by_hash[block_hash] = block_id
         if self._record_events:
-            self._new_cached.append(block_hash)
+            self._evicted.pop(block_hash, None)
+            self._new_cached[block_hash] = None
 
     def drain_cache_events(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """Hashes cached and evicted since the last call."""
+        """Hashes cached and evicted since the last call (each hash in one of them: its last event)."""
         events = (tuple(self._new_cached), tuple(self._evicted))
         self._new_cached.clear()
         self._evicted.clear()
@@ -111,5 +113,6 @@ class BlockPool:
         if self._by_hash.get(block.block_hash) == block.block_id:
             del self._by_hash[block.block_hash]
             if self._record_events:
-                self._evicted.append(block.block_hash)
+                self._new_cached.pop(block.block_hash, None)
+                self._evicted[block.block_hash] = None
         block.block_hash = None

@@ -119,6 +119,13 @@ class AgentInfo:
         return model in (self.model, *self.served_model_names)
 
 
+async def close_stream(events: AsyncIterator[object]) -> None:
+    """Close an event stream early (an async generator's ``aclose``), which aborts its request."""
+    aclose = getattr(events, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
 class Backend(Protocol):
     @property
     def info(self) -> AgentInfo: ...

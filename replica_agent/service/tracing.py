@@ -1,0 +1,32 @@
+"""One OpenTelemetry span per request, child of the caller's W3C trace context when it sent one.
+
+Without a configured tracer provider the spans cost next to nothing (the API's no-op tracer).
+"""
+
+from __future__ import annotations
+
+from opentelemetry import trace
+from opentelemetry.propagate import extract
+from opentelemetry.trace import Span, SpanKind
+
+from replica_agent.service.backend import GenerateInput
+
+
+def start_request_span(name: str, request: GenerateInput, front_door: str) -> Span:
+    carrier = {}
+    if request.traceparent:
+        carrier["traceparent"] = request.traceparent
+        if request.tracestate:
+            carrier["tracestate"] = request.tracestate
+    tracer = trace.get_tracer("fleetroute.replica_agent")
+    return tracer.start_span(
+        name,
+        context=extract(carrier),
+        kind=SpanKind.SERVER,
+        attributes={
+            "fleetroute.request_id": request.request_id,
+            "fleetroute.front_door": front_door,
+            "gen_ai.request.model": request.model,
+            "gen_ai.request.max_tokens": request.max_tokens,
+        },
+    )

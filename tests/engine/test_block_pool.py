@@ -40,9 +40,13 @@ def test_lru_eviction_order_follows_free_order() -> None:
     pool.free([blocks[1]])
     assert pool.allocate(1) == [blocks[2]]
     cached, evicted = pool.drain_cache_events()
-    assert cached == (10, 11, 12)
+    assert cached == (10, 11)  # 12 was cached and evicted since the last drain: its last event wins
     assert evicted == (12,)
     assert pool.drain_cache_events() == ((), ())
+    pool.free([blocks[2]])
+    block = (pool.allocate(1) or [])[0]
+    pool.cache(block, 12)
+    assert pool.drain_cache_events() == ((12,), ())
 
 
 def test_double_free_is_rejected() -> None:

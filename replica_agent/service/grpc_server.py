@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from opentelemetry.trace import Status, StatusCode
+from opentelemetry.trace import Status, StatusCode, Tracer
 
 from protos import replica_pb2 as pb
 from protos import replica_pb2_grpc as pb_grpc
@@ -81,9 +81,12 @@ def to_chunk(event: GenerateEvent) -> pb.GenerateChunk:
 
 
 class ReplicaServicer(pb_grpc.ReplicaServicer):
-    def __init__(self, backend: Backend, metrics: AgentMetrics | None = None) -> None:
+    def __init__(
+        self, backend: Backend, metrics: AgentMetrics | None = None, tracer: Tracer | None = None
+    ) -> None:
         self.backend = backend
         self.metrics = metrics
+        self.tracer = tracer
 
     async def Generate(  # noqa: N802 - the generated service's method names
         self,
@@ -92,7 +95,7 @@ class ReplicaServicer(pb_grpc.ReplicaServicer):
     ) -> AsyncIterator[pb.GenerateChunk]:
         metadata = {key: str(value) for key, value in context.invocation_metadata() or ()}
         generate_input = to_generate_input(request, metadata)
-        span = start_request_span("replica.generate", generate_input, "grpc")
+        span = start_request_span("replica.generate", generate_input, "grpc", self.tracer)
         events = self.backend.generate(generate_input)
         if self.metrics is not None:
             events = self.metrics.instrument(generate_input, events, "grpc")
@@ -143,13 +146,15 @@ class ReplicaServicer(pb_grpc.ReplicaServicer):
 class GrpcFrontDoor:
     """The gRPC server with the replica and health services; health follows the drain state."""
 
-    def __init__(self, backend: Backend, metrics: AgentMetrics | None = None) -> None:
+    def __init__(
+        self, backend: Backend, metrics: AgentMetrics | None = None, tracer: Tracer | None = None
+    ) -> None:
         self.backend = backend
         # SO_REUSEPORT off: a second agent on a busy port must fail, not silently share it.
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         self.health = health_aio.HealthServicer()
         pb_grpc.add_ReplicaServicer_to_server(  # type: ignore[no-untyped-call]
-            ReplicaServicer(backend, metrics), self.server
+            ReplicaServicer(backend, metrics, tracer), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.port = 0

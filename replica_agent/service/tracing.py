@@ -7,19 +7,24 @@ from __future__ import annotations
 
 from opentelemetry import trace
 from opentelemetry.propagate import extract
-from opentelemetry.trace import Span, SpanKind
+from opentelemetry.trace import Span, SpanKind, Tracer
 
 from replica_agent.service.backend import GenerateInput
 
 
-def start_request_span(name: str, request: GenerateInput, front_door: str) -> Span:
+def agent_tracer() -> Tracer:
+    return trace.get_tracer("fleetroute.replica_agent")
+
+
+def start_request_span(
+    name: str, request: GenerateInput, front_door: str, tracer: Tracer | None = None
+) -> Span:
     carrier = {}
     if request.traceparent:
         carrier["traceparent"] = request.traceparent
         if request.tracestate:
             carrier["tracestate"] = request.tracestate
-    tracer = trace.get_tracer("fleetroute.replica_agent")
-    return tracer.start_span(
+    return (tracer or agent_tracer()).start_span(
         name,
         context=extract(carrier),
         kind=SpanKind.SERVER,

@@ -201,3 +201,26 @@ def test_drain_refuses_new_work_finishes_or_aborts_old_work() -> None:
         assert events[-1].finish_reason == "abort"
 
     run(body())
+
+
+def test_the_torch_executor_serves_through_the_same_loop() -> None:
+    async def body() -> None:
+        config = AgentConfig(executor="torch", gpu="cpu", model="tiny-llama", torch={"num_blocks": 64})
+        backend = build_backend(config)
+        assert isinstance(backend, BuiltinBackend)
+        await backend.start()
+        try:
+            results = await asyncio.gather(
+                *(collect(backend, request(f"t{i}", model="tiny-llama", max_tokens=12)) for i in range(3))
+            )
+        finally:
+            await backend.stop(1.0)
+        for events in results:
+            final = events[-1]
+            assert final.finished and final.usage is not None
+            assert sum(len(e.token_ids) for e in events) == final.usage.completion_tokens
+            assert all(0 <= t < 512 for e in events for t in e.token_ids)
+        assert backend.info.executor == "torch" and backend.info.num_blocks == 64
+        assert backend.loop.engine.pool.num_free == 64
+
+    run(body())

@@ -26,12 +26,12 @@ class Served:
         self.engine = backend.loop.engine
 
 
-async def serve(instant: bool = True, **settings) -> Served:
+async def serve(instant: bool = True, tracer=None, **settings) -> Served:
     config = AgentConfig(executor="sim", gpu="a100-80gb", model=MODEL, **settings)
     backend = build_backend(config, instant=instant)
     assert isinstance(backend, BuiltinBackend)
     await backend.start()
-    front = GrpcFrontDoor(backend)
+    front = GrpcFrontDoor(backend, tracer=tracer)
     port = await front.start("127.0.0.1", 0)
     return Served(backend, front, grpc.aio.insecure_channel(f"127.0.0.1:{port}"))
 
@@ -226,3 +226,29 @@ def test_info_and_health_describe_the_replica_and_follow_the_drain() -> None:
         assert after.status == health_pb2.HealthCheckResponse.NOT_SERVING
 
     run(body())
+
+
+def test_the_callers_trace_context_becomes_the_parent_of_the_agents_span() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+
+    async def body() -> None:
+        served = await serve(tracer=provider.get_tracer("test"))
+        try:
+            metadata = (("traceparent", f"00-{trace_id}-{parent_id}-01"), ("x-request-id", "traced"))
+            await drain(served.stub.Generate(generate_request(), metadata=metadata))
+        finally:
+            await shutdown(served)
+
+    run(body())
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "replica.generate"
+    assert format(span.context.trace_id, "032x") == trace_id
+    assert span.parent is not None and format(span.parent.span_id, "016x") == parent_id
+    assert span.attributes["fleetroute.request_id"] == "traced"

@@ -1,0 +1,3 @@
+from fleetroute.cli import main
+
+main()

@@ -14,9 +14,11 @@ CORE_DIRS = ["replica_agent/engine", "router/policy", "predictors"]
 CORE_FILES = [
     "protos/block_hash.py",
     "protos/snapshot.py",
+    "protos/text.py",
     "replica_agent/executors/gpu_profiles.py",
     "replica_agent/executors/cost_model.py",
     "replica_agent/executors/cost_executor.py",
+    "replica_agent/executors/output_lengths.py",
 ]
 
 

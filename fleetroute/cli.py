@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fleetroute import __version__
+from fleetroute.agent_cmd import agent
 from replica_agent.engine.config import BatchingMode, QueuePolicyName
 from replica_agent.engine.replay import replay as replay_engine
 from replica_agent.executors.cost_model import StepCostModel
@@ -27,6 +28,9 @@ from router.sim.traces import TraceFormatError, load_azure_csv, load_mooncake_js
 @click.version_option(__version__, prog_name="fleetroute")
 def main() -> None:
     """Token-aware, KV-cache-aware routing for heterogeneous LLM GPU fleets."""
+
+
+main.add_command(agent)
 
 
 @main.command()

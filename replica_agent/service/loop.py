@@ -4,7 +4,8 @@ The loop never waits on a consumer. Each request's new tokens go into its own bu
 that falls more than ``max_buffered_tokens`` behind is aborted (its blocks freed at once) rather than
 allowed to hold memory, and a consumer that goes away aborts its request through ``abort``.
 Snapshots go to a :class:`SnapshotHub` every ``snapshot_interval_s`` and right after any step that
-admitted or finished a request, and after every abort.
+admitted or finished a request, and after every abort — but never more often than once per
+``min_publish_interval_s``: events closer together than that share one trailing snapshot.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ class EngineLoop:
         runner: StepRunner,
         *,
         snapshot_interval_s: float = 0.1,
+        min_publish_interval_s: float = 0.005,
         max_buffered_tokens: int = 4096,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
@@ -92,6 +94,9 @@ class EngineLoop:
         self.engine = engine
         self.runner = runner
         self.snapshot_interval_s = snapshot_interval_s
+        self.min_publish_interval_s = min(min_publish_interval_s, snapshot_interval_s)
+        self._publish_pending = False
+        self._publish_soon = asyncio.Event()
         self.max_buffered_tokens = max_buffered_tokens
         self._clock = clock
         self._wall_clock = wall_clock
@@ -163,7 +168,7 @@ class EngineLoop:
         if stream is not None:
             stream.deliver(output, self._wall_clock())
         self._after_finish()
-        self.publish()
+        self.request_publish()
         return True
 
     # -- snapshots ----------------------------------------------------------------------------
@@ -173,17 +178,28 @@ class EngineLoop:
         return dataclasses.replace(self.engine.snapshot(now), time=self._wall_clock())
 
     def publish(self) -> None:
+        self._publish_pending = False
         self.hub.publish(self._snapshot())
 
-    async def _tick(self) -> None:
-        """Publish whenever ``snapshot_interval_s`` passes without a publish."""
-        while True:
-            due = self._last_publish + self.snapshot_interval_s
-            wait = due - self._clock()
-            if wait > 0:
-                await asyncio.sleep(wait)
-                continue
+    def request_publish(self) -> None:
+        """Publish now, or as soon as ``min_publish_interval_s`` has passed since the last one."""
+        if self._clock() - self._last_publish >= self.min_publish_interval_s:
             self.publish()
+            return
+        self._publish_pending = True
+        self._publish_soon.set()
+
+    async def _tick(self) -> None:
+        """Publish pending event snapshots when due, and a heartbeat every ``snapshot_interval_s``."""
+        while True:
+            gap = self.min_publish_interval_s if self._publish_pending else self.snapshot_interval_s
+            wait = self._last_publish + gap - self._clock()
+            if wait <= 0:
+                self.publish()
+                continue
+            self._publish_soon.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._publish_soon.wait(), timeout=wait)
 
     # -- the loop -----------------------------------------------------------------------------
     async def _drive(self) -> None:
@@ -199,7 +215,7 @@ class EngineLoop:
             admitted = bool(self.engine.scheduler.admitted_ids)
             finished = self._deliver(outputs)
             if admitted or finished:
-                self.publish()
+                self.request_publish()
 
     async def _run_step(self, plan: StepPlan) -> StepResult:
         try:

@@ -14,8 +14,9 @@ from replica_agent.service.backend import (
     GenerateInput,
     InvalidRequestError,
     ModelNotFoundError,
+    close_stream,
 )
-from replica_agent.service.runners import InstantRunner
+from replica_agent.service.runners import StepRunner
 
 MODEL = "llama-3.1-8b"
 
@@ -61,7 +62,8 @@ def test_concurrent_requests_stream_tokens_that_add_up_to_the_usage() -> None:
             final = events[-1]
             assert final.finished and final.finish_reason in ("stop", "length") and final.usage is not None
             assert sum(len(e.token_ids) for e in events) == final.usage.completion_tokens
-            assert final.usage.prompt_tokens > 50 and "".join(e.text for e in events).strip()
+            assert final.usage is not None and final.usage.prompt_tokens > 50
+            assert "".join(e.text for e in events).strip()
             assert not any(e.finished for e in events[:-1])
         reasons = {events[-1].finish_reason for events in results}
         assert "stop" in reasons  # answers end on their own, drawn from the length distribution
@@ -78,10 +80,13 @@ def test_ignore_eos_runs_to_max_tokens_and_repeated_prompts_hit_the_prefix_cache
             second = await collect(backend, request("b", max_tokens=50, ignore_eos=True))
         finally:
             await backend.stop(1.0)
+        first_usage, second_usage = first[-1].usage, second[-1].usage
+        assert first_usage is not None and second_usage is not None
         for events in (first, second):
-            assert events[-1].finish_reason == "length" and events[-1].usage.completion_tokens == 50
-        assert first[-1].usage.cached_tokens == 0
-        assert second[-1].usage.cached_tokens >= 16 * (first[-1].usage.prompt_tokens // 16 - 1)
+            assert events[-1].finish_reason == "length"
+        assert first_usage.completion_tokens == second_usage.completion_tokens == 50
+        assert first_usage.cached_tokens == 0
+        assert second_usage.cached_tokens >= 16 * (first_usage.prompt_tokens // 16 - 1)
 
     run(body())
 
@@ -125,9 +130,12 @@ def test_a_consumer_that_goes_away_aborts_its_request_and_frees_its_blocks() -> 
             stream = backend.generate(request("gone", max_tokens=500, ignore_eos=True))
             await anext(stream)
             assert engine.pool.num_free < engine.pool.num_blocks
-            await stream.aclose()
+            watcher = backend.watch_snapshots()
+            await anext(watcher)
+            await close_stream(stream)
             assert engine.num_requests == 0 and engine.pool.num_free == engine.pool.num_blocks
-            assert backend.latest_snapshot().free_blocks == engine.pool.num_blocks
+            next_snapshot = await asyncio.wait_for(anext(watcher), 1.0)
+            assert next_snapshot.free_blocks == engine.pool.num_blocks
         finally:
             await backend.stop(1.0)
 
@@ -152,7 +160,7 @@ def test_a_consumer_that_stops_reading_is_cut_off_at_the_buffer_bound() -> None:
 
 
 class FailingOnce:
-    def __init__(self, inner: InstantRunner) -> None:
+    def __init__(self, inner: StepRunner) -> None:
         self.inner, self.failed = inner, False
 
     async def run(self, plan: StepPlan) -> StepResult:

@@ -1,6 +1,7 @@
 """The agent's gRPC service over a real loopback socket, with a grpc.aio client."""
 
 import asyncio
+import itertools
 import time
 
 import grpc
@@ -97,7 +98,8 @@ async def drain(call) -> list[pb.GenerateChunk]:
 async def first_free_snapshot(stub, total: int, after_seq: int) -> pb.Snapshot:
     async for message in stub.WatchSnapshots(pb.WatchRequest()):
         if message.seq > after_seq and message.free_blocks == total:
-            return message
+            snapshot: pb.Snapshot = message
+            return snapshot
     raise AssertionError("snapshot stream ended")
 
 
@@ -170,7 +172,7 @@ def test_snapshots_under_load_track_the_queue_and_acknowledge_every_admission_on
         assert max(s.num_waiting for s in seen) > 0 and depth[-1] == 0
         admitted = [i for s in seen for i in s.admitted_ids]
         assert sorted(admitted) == sorted(ids)  # each exactly once
-        gaps = [b - a for a, b in zip(received_at, received_at[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(received_at)]
         assert max(gaps) < 0.5  # pushed every 100 ms even when idle; generous bound for a busy machine
         last = snapshot_from_proto(seen[-1])
         assert last.free_blocks == served.engine.pool.num_free and last.cache_fill == 0.0
@@ -197,7 +199,7 @@ def test_malformed_requests_get_a_status_code_and_leave_the_engine_untouched(
         try:
             with pytest.raises(grpc.aio.AioRpcError) as raised:
                 [c async for c in served.stub.Generate(generate_request("bad", **request_fields))]
-            assert raised.value.code() == code and message in raised.value.details()
+            assert raised.value.code() == code and message in (raised.value.details() or "")
             assert served.engine.num_requests == 0
             assert served.engine.pool.num_free == served.engine.pool.num_blocks
         finally:
@@ -251,4 +253,4 @@ def test_the_callers_trace_context_becomes_the_parent_of_the_agents_span() -> No
     assert span.name == "replica.generate"
     assert format(span.context.trace_id, "032x") == trace_id
     assert span.parent is not None and format(span.parent.span_id, "016x") == parent_id
-    assert span.attributes["fleetroute.request_id"] == "traced"
+    assert span.attributes is not None and span.attributes["fleetroute.request_id"] == "traced"

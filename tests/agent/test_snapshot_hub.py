@@ -50,7 +50,7 @@ def test_watchers_wake_on_publish_and_heartbeat_in_silence() -> None:
         await anext(fast)
         await anext(idle)
         assert (await asyncio.wait_for(anext(idle), 1.0)).seq == 0  # heartbeat repeats the latest
-        waiter = asyncio.create_task(anext(fast))
+        waiter = asyncio.ensure_future(anext(fast))
         await asyncio.sleep(0.01)
         assert not waiter.done()
         hub.publish(snap(1))

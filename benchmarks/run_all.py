@@ -20,6 +20,8 @@ SUITE = (
     "prefix_cache",
     "queue_policies",
     "torch_executor",
+    "agent_overhead",
+    "decision_latency",
 )
 
 

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from fleetroute import __version__
 from fleetroute.agent_cmd import agent
+from fleetroute.policies_cmd import policies
 from replica_agent.engine.config import BatchingMode, QueuePolicyName
 from replica_agent.engine.replay import replay as replay_engine
 from replica_agent.executors.cost_model import StepCostModel
@@ -31,6 +32,7 @@ def main() -> None:
 
 
 main.add_command(agent)
+main.add_command(policies)
 
 
 @main.command()

@@ -1,0 +1,1 @@
+"""Filters, scorers and pickers: one small plugin per module."""

@@ -15,6 +15,8 @@ CORE_FILES = [
     "protos/block_hash.py",
     "protos/snapshot.py",
     "protos/text.py",
+    "protos/generation.py",
+    "protos/routing.py",
     "replica_agent/executors/gpu_profiles.py",
     "replica_agent/executors/cost_model.py",
     "replica_agent/executors/cost_executor.py",

@@ -10,13 +10,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {"asyncio", "grpc", "aiohttp", "redis", "opentelemetry"}
-CORE_DIRS = ["replica_agent/engine", "router/policy", "predictors"]
+CORE_DIRS = ["replica_agent/engine", "router/policy", "router/state", "predictors"]
 CORE_FILES = [
     "protos/block_hash.py",
     "protos/snapshot.py",
     "protos/text.py",
     "protos/generation.py",
     "protos/routing.py",
+    "router/request_shaper.py",
     "replica_agent/executors/gpu_profiles.py",
     "replica_agent/executors/cost_model.py",
     "replica_agent/executors/cost_executor.py",

@@ -32,6 +32,28 @@ class DrainingError(AgentError):
     kind = "unavailable"
 
 
+class OverloadedError(AgentError):
+    """Every candidate is past its queue or KV threshold: the client should come back later."""
+
+    kind = "overloaded"
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class NoReplicaError(AgentError):
+    """No healthy replica serves the request's model right now."""
+
+    kind = "no_replica"
+
+
+class UpstreamTimeoutError(AgentError):
+    """The replica did not answer (connect, first token or idle stream) within its timeout."""
+
+    kind = "timeout"
+
+
 class UpstreamError(AgentError):
     """The remote server behind a sidecar failed or could not be reached."""
 

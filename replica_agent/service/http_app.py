@@ -8,34 +8,30 @@ closes the backend's event stream, which aborts the request and frees its KV blo
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from opentelemetry.trace import Span, Status, StatusCode
 
+from protos.generation import GenerateEvent, GenerateInput
 from protos.text import ApproxTokenizer, render_chat
-from replica_agent.service.backend import AgentError, Backend, GenerateEvent, Usage, close_stream
+from replica_agent.service.backend import Backend
 from replica_agent.service.http_errors import (
-    agent_error_json,
     error_middleware,
-    error_response,
     json_response,
 )
 from replica_agent.service.metrics import AgentMetrics
-from replica_agent.service.openai_responses import Answer, JsonObject, error_json, models_json
+from replica_agent.service.openai_responses import models_json
 from replica_agent.service.openai_schema import (
     DEFAULT_COMPLETION_MAX_TOKENS,
     ChatBody,
     CompletionBody,
     default_chat_max_tokens,
     parse_body,
-    to_generate_input,
 )
-from replica_agent.service.tracing import start_request_span
+from replica_agent.service.openai_stream import serve_generation
 
 log = logging.getLogger(__name__)
 
@@ -107,37 +103,21 @@ class _Routes:
     ) -> web.StreamResponse:
         request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
         model = body.model or self.backend.info.model
-        generate_input = to_generate_input(
+
+        def events_for(generate_input: GenerateInput) -> AsyncIterator[GenerateEvent]:
+            return self.metrics.instrument(generate_input, self.backend.generate(generate_input), FRONT_DOOR)
+
+        return await serve_generation(
+            request,
             body,
             request_id=request_id,
             model=model,
             max_tokens=max_tokens,
-            traceparent=request.headers.get("traceparent"),
-            tracestate=request.headers.get("tracestate"),
-        )
-        answer = Answer(
-            id=f"{'chatcmpl' if chat else 'cmpl'}-{request_id}",
-            created=int(time.time()),
-            model=model,
             chat=chat,
-            include_usage=body.include_usage,
-            return_token_ids=bool(body.return_token_ids),
+            events_for=events_for,
+            span_name="replica.generate",
+            front_door=FRONT_DOOR,
         )
-        headers = {"X-Request-Id": request_id}
-        span = start_request_span("replica.generate", generate_input, FRONT_DOOR)
-        events = self.metrics.instrument(generate_input, self.backend.generate(generate_input), FRONT_DOOR)
-        try:
-            # The first event (or the backend's refusal) comes before any header is sent.
-            first = await anext(events, None)
-            if body.stream:
-                return await _stream(request, answer, first, events, headers, span)
-            return await _collect(answer, first, events, headers)
-        except AgentError as error:
-            span.set_status(Status(StatusCode.ERROR, error.message))
-            return error_response(error, headers)
-        finally:
-            await close_stream(events)
-            span.end()
 
     async def models(self, request: web.Request) -> web.Response:
         return json_response(models_json(self.backend.info, self.started))
@@ -153,92 +133,3 @@ class _Routes:
     async def metrics_page(self, request: web.Request) -> web.Response:
         body, content_type = self.metrics.render(request.headers.get("Accept", ""))
         return web.Response(body=body, headers={"Content-Type": content_type})
-
-
-async def _collect(
-    answer: Answer, first: GenerateEvent | None, events: AsyncIterator[GenerateEvent], headers: dict[str, str]
-) -> web.Response:
-    texts: list[str] = []
-    token_ids: list[int] = []
-    event = first
-    final: GenerateEvent | None = None
-    while event is not None:
-        texts.append(event.text)
-        token_ids.extend(event.token_ids)
-        if event.finished:
-            final = event
-            break
-        event = await anext(events, None)
-    usage = _usage(final, len(token_ids))
-    reason = final.finish_reason if final is not None else "abort"
-    return json_response(answer.whole("".join(texts), token_ids, reason, usage), headers=headers)
-
-
-async def _stream(
-    request: web.Request,
-    answer: Answer,
-    first: GenerateEvent | None,
-    events: AsyncIterator[GenerateEvent],
-    headers: dict[str, str],
-    span: Span,
-) -> web.StreamResponse:
-    response = web.StreamResponse(
-        headers={
-            **headers,
-            "Content-Type": "text/event-stream; charset=utf-8",
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
-        }
-    )
-    await response.prepare(request)
-    try:
-        await _send_events(response, answer, first, events, span)
-        await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
-    except ConnectionResetError:
-        pass  # the client left; the caller closes the event stream, which aborts the request
-    return response
-
-
-async def _send_events(
-    response: web.StreamResponse,
-    answer: Answer,
-    first: GenerateEvent | None,
-    events: AsyncIterator[GenerateEvent],
-    span: Span,
-) -> None:
-    try:
-        if answer.chat:
-            await _send(response, answer.role_chunk())
-        produced = 0
-        event = first
-        while event is not None:
-            produced += len(event.token_ids)
-            await _send(response, answer.chunk(event))
-            if event.finished:
-                if answer.include_usage:
-                    await _send(response, answer.usage_chunk(_usage(event, produced)))
-                return
-            event = await anext(events, None)
-    except AgentError as error:
-        # The headers are gone: the error travels in the stream, as OpenAI and vLLM send it.
-        span.set_status(Status(StatusCode.ERROR, error.message))
-        await _send(response, agent_error_json(error))
-    except ConnectionResetError:
-        raise
-    except Exception:
-        log.exception("request %s failed mid-stream", answer.id)
-        await _send(
-            response, error_json("internal error while streaming", "server_error", code="internal_error")
-        )
-
-
-async def _send(response: web.StreamResponse, chunk: JsonObject) -> None:
-    # One write per chunk: aiohttp hands it to the transport at once (no buffering to flush).
-    await response.write(b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n")
-
-
-def _usage(final: GenerateEvent | None, produced: int) -> Usage:
-    if final is not None and final.usage is not None:
-        return final.usage
-    return Usage(prompt_tokens=0, completion_tokens=produced)

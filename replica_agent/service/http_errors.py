@@ -27,6 +27,12 @@ def agent_error_status(kind: str) -> tuple[int, str, str | None]:
             return 503, "server_error", "unavailable"
         case "upstream":
             return 502, "server_error", "upstream_error"
+        case "overloaded":
+            return 429, "rate_limit_error", "overloaded"
+        case "no_replica":
+            return 503, "server_error", "no_healthy_replica"
+        case "timeout":
+            return 504, "server_error", "upstream_timeout"
         case _:
             return 400, "invalid_request_error", None
 
@@ -48,6 +54,9 @@ def json_response(
 
 def error_response(error: AgentError, headers: Mapping[str, str] | None = None) -> web.Response:
     status, _, _ = agent_error_status(error.kind)
+    retry_after = getattr(error, "retry_after_s", None)
+    if retry_after is not None:
+        headers = {**(headers or {}), "Retry-After": str(retry_after)}
     return json_response(agent_error_json(error), status, headers)
 
 

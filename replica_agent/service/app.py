@@ -30,14 +30,16 @@ class Agent:
     def __init__(self, config: AgentConfig, backend: Backend | None = None) -> None:
         self.config = config
         self.backend = backend if backend is not None else build_backend(config)
-        self.metrics = AgentMetrics(self.backend.info, self.backend.latest_snapshot)
-        self.grpc = GrpcFrontDoor(self.backend, self.metrics)
         self._http_runner: web.AppRunner | None = None
         self._stopped = asyncio.Event()
+        self.grpc: GrpcFrontDoor | None = None
         self.ports = BoundPorts(0, 0)
 
     async def start(self) -> BoundPorts:
         await self.backend.start()
+        # Built after start: remote and vLLM backends learn their model and KV shape while starting.
+        self.metrics = AgentMetrics(self.backend.info, self.backend.latest_snapshot)
+        self.grpc = GrpcFrontDoor(self.backend, self.metrics)
         try:
             grpc_port = await self.grpc.start(self.config.host, self.config.grpc_port)
             app = build_http_app(self.backend, self.metrics)
@@ -57,6 +59,9 @@ class Agent:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self.grpc is None:
+            await self.backend.stop(0.0)
+            return
         timeout = self.config.drain_timeout_s if drain_timeout_s is None else drain_timeout_s
         await self.grpc.set_serving(False)
         await self.backend.stop(timeout)

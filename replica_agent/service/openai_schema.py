@@ -7,7 +7,7 @@ with a 400 naming the field rather than silently ignored; unknown fields are ign
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -15,6 +15,7 @@ from replica_agent.service.backend import GenerateInput, InvalidRequestError
 
 DEFAULT_COMPLETION_MAX_TOKENS = 16
 DEFAULT_CHAT_MAX_TOKENS_CAP = 4096
+INT32_MAX = 2**31 - 1  # token ids, counts and priorities travel as 32-bit protobuf integers
 
 
 class StreamOptions(BaseModel):
@@ -27,16 +28,16 @@ class _GenerateBody(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
 
     model: str | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
     temperature: float | None = None
     top_p: float | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     ignore_eos: bool | None = None
-    stop_token_ids: list[int] | None = None
+    stop_token_ids: list[Annotated[int, Field(ge=0, le=INT32_MAX)]] | None = None
     stop: str | list[str] | None = None
-    priority: int | None = None
+    priority: int | None = Field(default=None, ge=-INT32_MAX - 1, le=INT32_MAX)
     n: int | None = None
     user: str | None = None
     # vLLM's extension: each choice also carries the ids of the tokens it holds.
@@ -77,6 +78,8 @@ class CompletionBody(_GenerateBody):
                 raise ValueError("only one prompt per request")
             return cls._one_prompt(value[0])
         if all(isinstance(item, int) and not isinstance(item, bool) for item in value):
+            if not all(0 <= item <= INT32_MAX for item in value):
+                raise ValueError("token ids must be non-negative 32-bit integers")
             return list(value)
         raise ValueError("must be a string or a non-empty list of token ids")
 
@@ -124,7 +127,7 @@ class ChatMessage(BaseModel):
 
 class ChatBody(_GenerateBody):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
     logprobs: bool | None = None
     tools: list[Any] | None = None
 

@@ -14,6 +14,7 @@ import pytest
 
 from fleetroute import __version__
 from protos.snapshot import ReplicaSnapshot, Tier
+from replica_agent.backends.openai_upstream import parse_chunk, upstream_error
 from replica_agent.backends.prometheus_scrape import (
     ForwardedRequest,
     MetricsFormatError,
@@ -24,7 +25,7 @@ from replica_agent.backends.prometheus_scrape import (
     snapshot_from_load,
     token_rates,
 )
-from replica_agent.backends.remote import RemoteBackend, parse_chunk, upstream_error
+from replica_agent.backends.remote import RemoteBackend
 from replica_agent.config import AgentConfig
 from replica_agent.engine.engine import ReplicaIdentity
 from replica_agent.factory import build_backend

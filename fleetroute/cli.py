@@ -12,6 +12,7 @@ from rich.table import Table
 from fleetroute import __version__
 from fleetroute.agent_cmd import agent
 from fleetroute.policies_cmd import policies
+from fleetroute.up_cmd import serve, up
 from replica_agent.engine.config import BatchingMode, QueuePolicyName
 from replica_agent.engine.replay import replay as replay_engine
 from replica_agent.executors.cost_model import StepCostModel
@@ -33,6 +34,8 @@ def main() -> None:
 
 main.add_command(agent)
 main.add_command(policies)
+main.add_command(up)
+main.add_command(serve)
 
 
 @main.command()

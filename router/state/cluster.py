@@ -116,6 +116,11 @@ class ClusterState:
         replica = self._replicas.get(replica_id)
         return None if replica is None else replica.descriptor
 
+    def snapshot(self, replica_id: str) -> ReplicaSnapshot | None:
+        """The replica's last snapshot (None before the first, or for an unknown id)."""
+        replica = self._replicas.get(replica_id)
+        return None if replica is None else replica.snapshot
+
     def replica_ids(self) -> tuple[str, ...]:
         return tuple(self._replicas)
 

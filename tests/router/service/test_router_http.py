@@ -6,6 +6,7 @@ import asyncio
 import json
 import socket
 from collections.abc import Iterator
+from typing import Any
 
 import openai
 import pytest
@@ -137,7 +138,7 @@ def test_bad_requests_get_openai_errors(fleet: FleetThread, body: bytes, status:
     assert got_status == status and payload["error"]["message"]
 
 
-async def _post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+async def _post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
     import aiohttp
 
     request_headers = {"Content-Type": "application/json", **(headers or {})}
@@ -156,7 +157,7 @@ async def _post(url: str, body: bytes, headers: dict[str, str] | None = None) ->
                   st.floats(allow_nan=True), st.lists(st.integers(-3, 200000), max_size=4)),
     )
 )  # fmt: skip
-def test_fuzzed_bodies_never_get_a_server_error(fleet: FleetThread, body: dict) -> None:
+def test_fuzzed_bodies_never_get_a_server_error(fleet: FleetThread, body: dict[str, Any]) -> None:
     for path in ("/v1/completions", "/v1/chat/completions"):
         status, _ = fleet.run(_post(fleet.url + path, json.dumps(body).encode()))
         assert status < 500, (path, body)
@@ -189,6 +190,7 @@ def test_a_replica_that_refuses_before_the_first_token_is_retried_elsewhere() ->
     spec = fleet_from_gpus(["a100-80gb", "a100-80gb"], None, MODEL)
     with FleetThread(spec, policy="round_robin") as pair:
         dead = pair.fleet.agents[0]
+        assert dead.grpc is not None
         pair.run(dead.grpc.stop(0))
         client = pair.client()
         answers = [
@@ -209,7 +211,9 @@ def test_no_retry_after_the_first_token() -> None:
         first = next(iterator)
         busy = [i for i, n in enumerate(pair.engine_requests()) if n == 1]
         assert len(busy) == 1
-        pair.run(pair.fleet.agents[busy[0]].grpc.stop(0))
+        busy_grpc = pair.fleet.agents[busy[0]].grpc
+        assert busy_grpc is not None
+        pair.run(busy_grpc.stop(0))
         with pytest.raises(openai.APIError):
             for _ in iterator:
                 pass

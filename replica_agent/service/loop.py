@@ -191,15 +191,17 @@ class EngineLoop:
 
     async def _tick(self) -> None:
         """Publish pending event snapshots when due, and a heartbeat every ``snapshot_interval_s``."""
-        while True:
+        while not self._stopping:
             gap = self.min_publish_interval_s if self._publish_pending else self.snapshot_interval_s
             wait = self._last_publish + gap - self._clock()
             if wait <= 0:
                 self.publish()
                 continue
             self._publish_soon.clear()
+            # asyncio.timeout, not wait_for: wait_for can swallow a cancellation that races the event.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._publish_soon.wait(), timeout=wait)
+                async with asyncio.timeout(wait):
+                    await self._publish_soon.wait()
 
     # -- the loop -----------------------------------------------------------------------------
     async def _drive(self) -> None:

@@ -82,7 +82,8 @@ class SnapshotHub:
             snapshot = self.since(seen)
             if snapshot is None:
                 try:
-                    await asyncio.wait_for(changed.wait(), timeout=heartbeat_s)
+                    async with asyncio.timeout(heartbeat_s):
+                        await changed.wait()
                     continue
                 except TimeoutError:
                     snapshot = self.latest

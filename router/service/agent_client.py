@@ -283,7 +283,8 @@ class AgentClient:
     ) -> object:
         """The next message, or ``grpc.aio.EOF``; a silent stream is cancelled after ``wait_s``."""
         try:
-            return await asyncio.wait_for(call.read(), wait_s)
+            async with asyncio.timeout(wait_s):
+                return await call.read()
         except TimeoutError:
             call.cancel()
             raise ReplicaCallError(

@@ -254,3 +254,34 @@ def test_the_callers_trace_context_becomes_the_parent_of_the_agents_span() -> No
     assert format(span.context.trace_id, "032x") == trace_id
     assert span.parent is not None and format(span.parent.span_id, "016x") == parent_id
     assert span.attributes is not None and span.attributes["fleetroute.request_id"] == "traced"
+
+
+def test_an_agent_stops_promptly_with_requests_still_streaming() -> None:
+    from replica_agent.service.app import Agent
+
+    async def body() -> None:
+        agent = Agent(AgentConfig(executor="sim", gpu="a100-80gb", grpc_port=0, http_port=0, speedup=0.5))
+        ports = await agent.start()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{ports.grpc}") as channel:
+            stub = pb_grpc.ReplicaStub(channel)
+            calls = [
+                stub.Generate(generate_request(f"s{i}", max_tokens=3000, ignore_eos=True)) for i in range(3)
+            ]
+            for call in calls:
+                await call.read()
+            await asyncio.wait_for(agent.stop(drain_timeout_s=0.0), 5.0)
+            for call in calls:
+                chunks = await drain_quietly(call)
+                assert not chunks or chunks[-1].finish_reason == "abort"
+
+    run(body())
+
+
+async def drain_quietly(call) -> list[pb.GenerateChunk]:
+    chunks = []
+    try:
+        while (chunk := await call.read()) is not grpc.aio.EOF:
+            chunks.append(chunk)
+    except grpc.aio.AioRpcError:
+        pass
+    return chunks

@@ -19,7 +19,7 @@ from replica_agent.service.backend import close_stream
 from replica_agent.service.http_errors import agent_error_json, error_response, json_response
 from replica_agent.service.openai_responses import Answer, JsonObject, error_json
 from replica_agent.service.openai_schema import ChatBody, CompletionBody, to_generate_input
-from replica_agent.service.tracing import start_request_span
+from replica_agent.service.tracing import continue_trace, start_request_span
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ async def serve_generation(
     )
     headers = {"X-Request-Id": request_id}
     span = start_request_span(span_name, generate_input, front_door)
-    events = events_for(generate_input)
+    events = events_for(continue_trace(generate_input, span))
     try:
         # The first event (or the refusal) comes before any header is sent.
         first = await anext(events, None)

@@ -5,8 +5,10 @@ Without a configured tracer provider the spans cost next to nothing (the API's n
 
 from __future__ import annotations
 
+import dataclasses
+
 from opentelemetry import trace
-from opentelemetry.propagate import extract
+from opentelemetry.propagate import extract, inject
 from opentelemetry.trace import Span, SpanKind, Tracer
 
 from replica_agent.service.backend import GenerateInput
@@ -34,4 +36,18 @@ def start_request_span(
             "gen_ai.request.model": request.model,
             "gen_ai.request.max_tokens": request.max_tokens,
         },
+    )
+
+
+def continue_trace(request: GenerateInput, span: Span) -> GenerateInput:
+    """``request`` carrying ``span`` as the parent for whatever serves it next (the router's span
+    becomes the replica's parent); unchanged when tracing is off and the span records nothing."""
+    if not span.get_span_context().is_valid:
+        return request
+    carrier: dict[str, str] = {}
+    inject(carrier, context=trace.set_span_in_context(span))
+    if "traceparent" not in carrier:
+        return request
+    return dataclasses.replace(
+        request, traceparent=carrier["traceparent"], tracestate=carrier.get("tracestate")
     )

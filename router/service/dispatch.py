@@ -8,11 +8,15 @@ Whatever happens, the request's ledger entry is released exactly once and the ou
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
+
+from opentelemetry import trace
+from opentelemetry.trace import Span, Status, StatusCode
 
 from predictors.base import OutputLengthPredictor
 from protos.generation import (
@@ -26,6 +30,7 @@ from protos.generation import (
     UpstreamError,
     UpstreamTimeoutError,
 )
+from replica_agent.service.tracing import continue_trace, start_request_span
 from router.policy.plugin import RouteDecision
 from router.policy.profile import Profile
 from router.policy.view import ClusterView, ReplicaLoad
@@ -112,16 +117,38 @@ class Dispatcher:
                 f"max_tokens must be at least 1, got {request.max_tokens}", "max_tokens"
             )
         shaped, decision, view = self.decide(request)
-        refusal = self._refusal(request, decision, view)
-        if refusal is not None:
-            self.metrics.rejected(self.policy.name, refusal.kind)
-            raise refusal
+        span = start_request_span("router.route", request, "dispatch", trace.get_tracer("fleetroute.router"))
+        _describe_decision(span, decision)
+        try:
+            refusal = self._refusal(request, decision, view)
+            if refusal is not None:
+                self.metrics.rejected(self.policy.name, refusal.kind)
+                span.set_status(Status(StatusCode.ERROR, refusal.message))
+                raise refusal
+            attempts = self._dispatch(continue_trace(request, span), shaped, decision, view, span)
+            try:
+                async for event in attempts:
+                    yield event
+            finally:
+                await attempts.aclose()  # a client that left closes this generator, not the inner one
+        finally:
+            span.end()
+
+    async def _dispatch(
+        self,
+        request: GenerateInput,
+        shaped: ShapedRequest,
+        decision: RouteDecision,
+        view: ClusterView,
+        span: Span,
+    ) -> AsyncGenerator[GenerateEvent, None]:
         candidates = [rid for rid in decision.ranked if rid in self.clients][: self.settings.max_attempts]
         started = self._clock()
         last_error: ReplicaCallError | None = None
         for attempt, replica_id in enumerate(candidates):
             if attempt:
                 self.metrics.retried(self.policy.name)
+                span.add_event("retry", {"fleetroute.replica": replica_id, "fleetroute.attempt": attempt + 1})
                 await asyncio.sleep(self.settings.retry_backoff_s * 2 ** (attempt - 1))
             outcome = _Attempt(self, shaped, replica_id, view.get(replica_id), started)
             stream = outcome.stream(request)
@@ -132,13 +159,23 @@ class Dispatcher:
             except ReplicaCallError as error:
                 last_error = error
                 if outcome.sent_tokens or not error.retryable:
+                    span.set_status(Status(StatusCode.ERROR, error.message))
                     raise _client_error(error) from None
                 log.info(
                     "replica %s refused %s before its first token: %s", replica_id, request.request_id, error
                 )
             finally:
                 await stream.aclose()
+        span.set_status(Status(StatusCode.ERROR, "no replica could take the request"))
         raise _client_error(last_error) if last_error else NoReplicaError("no replica could take the request")
+
+
+def _describe_decision(span: Span, decision: RouteDecision) -> None:
+    span.set_attribute("fleetroute.policy", decision.policy)
+    span.set_attribute("fleetroute.replica", decision.replica_id or "")
+    span.set_attribute("fleetroute.reason", decision.reason)
+    scores = {score.replica_id: round(score.total, 4) for score in decision.scores}
+    span.set_attribute("fleetroute.candidate_scores", json.dumps(scores, separators=(",", ":")))
 
 
 class _Attempt:

@@ -32,7 +32,7 @@ from protos.generation import (
 )
 from replica_agent.service.backend import close_stream
 from replica_agent.service.grpc_server import status_for, to_chunk, to_generate_input
-from replica_agent.service.tracing import start_request_span
+from replica_agent.service.tracing import continue_trace, start_request_span
 from router.policy.plugin import RouteDecision
 from router.request_shaper import ShapedRequest
 
@@ -128,7 +128,7 @@ class RouterServicer(pb_grpc.RouterServicer):
         except AgentError as error:
             await abort_call(context, error)
         span = start_request_span("router.generate", generate_input, "grpc")
-        events = self.router.dispatcher.generate(generate_input)
+        events = self.router.dispatcher.generate(continue_trace(generate_input, span))
         replica_id: str | None = None
         try:
             async for event in events:
@@ -155,7 +155,7 @@ class RouterServicer(pb_grpc.RouterServicer):
         except AgentError as error:
             await abort_call(context, error)
         span = start_request_span("router.complete", generate_input, "grpc")
-        events = self.router.dispatcher.generate(generate_input)
+        events = self.router.dispatcher.generate(continue_trace(generate_input, span))
         received: list[GenerateEvent] = []
         replica_id: str | None = None
         try:

@@ -25,31 +25,39 @@ _sym_db = _symbol_database.Default()
 from protos import replica_pb2 as protos_dot_replica__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13protos/router.proto\x12\x14\x66leetroute.router.v1\x1a\x14protos/replica.proto\"\x99\x01\n\nCompletion\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12+\n\x05usage\x18\x05 \x01(\x0b\x32\x1c.fleetroute.replica.v1.Usage\x12\x12\n\nreplica_id\x18\x06 \x01(\t\"$\n\x13ListReplicasRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\xa6\x02\n\rReplicaStatus\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\ttransport\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0b\n\x03gpu\x18\x05 \x01(\t\x12\x0c\n\x04tier\x18\x06 \x01(\t\x12\x0f\n\x07healthy\x18\x07 \x01(\x08\x12\x10\n\x08\x64raining\x18\x08 \x01(\x08\x12\x14\n\x0c\x63ircuit_open\x18\t \x01(\x08\x12\x15\n\x08kv_usage\x18\n \x01(\x01H\x00\x88\x01\x01\x12\x13\n\x0bqueue_depth\x18\x0b \x01(\r\x12\x19\n\x11inflight_requests\x18\x0c \x01(\r\x12\x13\n\x0bstaleness_s\x18\r \x01(\x01\x12\x19\n\x11last_snapshot_seq\x18\x0e \x01(\x04\x42\x0b\n\t_kv_usage\"J\n\x11ListReplicasReply\x12\x35\n\x08replicas\x18\x01 \x03(\x0b\x32#.fleetroute.router.v1.ReplicaStatus\"*\n\tScorePart\x12\x0e\n\x06scorer\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\"c\n\x0e\x43\x61ndidateScore\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\r\n\x05total\x18\x02 \x01(\x01\x12.\n\x05parts\x18\x03 \x03(\x0b\x32\x1f.fleetroute.router.v1.ScorePart\"5\n\x0f\x46ilteredReplica\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x02 \x01(\t\":\n\x10LengthPrediction\x12\x0c\n\x04mean\x18\x01 \x01(\x01\x12\x0b\n\x03p50\x18\x02 \x01(\x01\x12\x0b\n\x03p90\x18\x03 \x01(\x01\"\xcf\x02\n\x10RouteExplanation\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06policy\x18\x02 \x01(\t\x12\x12\n\nreplica_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x38\n\ncandidates\x18\x05 \x03(\x0b\x32$.fleetroute.router.v1.CandidateScore\x12;\n\x0c\x66iltered_out\x18\x06 \x03(\x0b\x32%.fleetroute.router.v1.FilteredReplica\x12\x15\n\rprompt_tokens\x18\x07 \x01(\r\x12\x13\n\x0b\x62lock_count\x18\x08 \x01(\r\x12@\n\x10predicted_output\x18\t \x01(\x0b\x32&.fleetroute.router.v1.LengthPrediction\x12\x0e\n\x06ranked\x18\n \x03(\t2\xf9\x02\n\x06Router\x12Z\n\x08Generate\x12&.fleetroute.replica.v1.GenerateRequest\x1a$.fleetroute.replica.v1.GenerateChunk0\x01\x12T\n\x08\x43omplete\x12&.fleetroute.replica.v1.GenerateRequest\x1a .fleetroute.router.v1.Completion\x12\x62\n\x0cListReplicas\x12).fleetroute.router.v1.ListReplicasRequest\x1a\'.fleetroute.router.v1.ListReplicasReply\x12Y\n\x07\x45xplain\x12&.fleetroute.replica.v1.GenerateRequest\x1a&.fleetroute.router.v1.RouteExplanationb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13protos/router.proto\x12\x14\x66leetroute.router.v1\x1a\x14protos/replica.proto\"6\n\x0fRegisterRequest\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"\x1e\n\rRegisterReply\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x01(\x08\"\'\n\x11\x44\x65registerRequest\x12\x12\n\nreplica_id\x18\x01 \x01(\t\"\"\n\x0f\x44\x65registerReply\x12\x0f\n\x07removed\x18\x01 \x01(\x08\"\x99\x01\n\nCompletion\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12+\n\x05usage\x18\x05 \x01(\x0b\x32\x1c.fleetroute.replica.v1.Usage\x12\x12\n\nreplica_id\x18\x06 \x01(\t\"$\n\x13ListReplicasRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\xa6\x02\n\rReplicaStatus\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\ttransport\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0b\n\x03gpu\x18\x05 \x01(\t\x12\x0c\n\x04tier\x18\x06 \x01(\t\x12\x0f\n\x07healthy\x18\x07 \x01(\x08\x12\x10\n\x08\x64raining\x18\x08 \x01(\x08\x12\x14\n\x0c\x63ircuit_open\x18\t \x01(\x08\x12\x15\n\x08kv_usage\x18\n \x01(\x01H\x00\x88\x01\x01\x12\x13\n\x0bqueue_depth\x18\x0b \x01(\r\x12\x19\n\x11inflight_requests\x18\x0c \x01(\r\x12\x13\n\x0bstaleness_s\x18\r \x01(\x01\x12\x19\n\x11last_snapshot_seq\x18\x0e \x01(\x04\x42\x0b\n\t_kv_usage\"J\n\x11ListReplicasReply\x12\x35\n\x08replicas\x18\x01 \x03(\x0b\x32#.fleetroute.router.v1.ReplicaStatus\"*\n\tScorePart\x12\x0e\n\x06scorer\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\"c\n\x0e\x43\x61ndidateScore\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\r\n\x05total\x18\x02 \x01(\x01\x12.\n\x05parts\x18\x03 \x03(\x0b\x32\x1f.fleetroute.router.v1.ScorePart\"5\n\x0f\x46ilteredReplica\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x02 \x01(\t\":\n\x10LengthPrediction\x12\x0c\n\x04mean\x18\x01 \x01(\x01\x12\x0b\n\x03p50\x18\x02 \x01(\x01\x12\x0b\n\x03p90\x18\x03 \x01(\x01\"\xcf\x02\n\x10RouteExplanation\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06policy\x18\x02 \x01(\t\x12\x12\n\nreplica_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x38\n\ncandidates\x18\x05 \x03(\x0b\x32$.fleetroute.router.v1.CandidateScore\x12;\n\x0c\x66iltered_out\x18\x06 \x03(\x0b\x32%.fleetroute.router.v1.FilteredReplica\x12\x15\n\rprompt_tokens\x18\x07 \x01(\r\x12\x13\n\x0b\x62lock_count\x18\x08 \x01(\r\x12@\n\x10predicted_output\x18\t \x01(\x0b\x32&.fleetroute.router.v1.LengthPrediction\x12\x0e\n\x06ranked\x18\n \x03(\t2\xaf\x04\n\x06Router\x12Z\n\x08Generate\x12&.fleetroute.replica.v1.GenerateRequest\x1a$.fleetroute.replica.v1.GenerateChunk0\x01\x12T\n\x08\x43omplete\x12&.fleetroute.replica.v1.GenerateRequest\x1a .fleetroute.router.v1.Completion\x12\x62\n\x0cListReplicas\x12).fleetroute.router.v1.ListReplicasRequest\x1a\'.fleetroute.router.v1.ListReplicasReply\x12Y\n\x07\x45xplain\x12&.fleetroute.replica.v1.GenerateRequest\x1a&.fleetroute.router.v1.RouteExplanation\x12V\n\x08Register\x12%.fleetroute.router.v1.RegisterRequest\x1a#.fleetroute.router.v1.RegisterReply\x12\\\n\nDeregister\x12\'.fleetroute.router.v1.DeregisterRequest\x1a%.fleetroute.router.v1.DeregisterReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.router_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_COMPLETION']._serialized_start=68
-  _globals['_COMPLETION']._serialized_end=221
-  _globals['_LISTREPLICASREQUEST']._serialized_start=223
-  _globals['_LISTREPLICASREQUEST']._serialized_end=259
-  _globals['_REPLICASTATUS']._serialized_start=262
-  _globals['_REPLICASTATUS']._serialized_end=556
-  _globals['_LISTREPLICASREPLY']._serialized_start=558
-  _globals['_LISTREPLICASREPLY']._serialized_end=632
-  _globals['_SCOREPART']._serialized_start=634
-  _globals['_SCOREPART']._serialized_end=676
-  _globals['_CANDIDATESCORE']._serialized_start=678
-  _globals['_CANDIDATESCORE']._serialized_end=777
-  _globals['_FILTEREDREPLICA']._serialized_start=779
-  _globals['_FILTEREDREPLICA']._serialized_end=832
-  _globals['_LENGTHPREDICTION']._serialized_start=834
-  _globals['_LENGTHPREDICTION']._serialized_end=892
-  _globals['_ROUTEEXPLANATION']._serialized_start=895
-  _globals['_ROUTEEXPLANATION']._serialized_end=1230
-  _globals['_ROUTER']._serialized_start=1233
-  _globals['_ROUTER']._serialized_end=1610
+  _globals['_REGISTERREQUEST']._serialized_start=67
+  _globals['_REGISTERREQUEST']._serialized_end=121
+  _globals['_REGISTERREPLY']._serialized_start=123
+  _globals['_REGISTERREPLY']._serialized_end=153
+  _globals['_DEREGISTERREQUEST']._serialized_start=155
+  _globals['_DEREGISTERREQUEST']._serialized_end=194
+  _globals['_DEREGISTERREPLY']._serialized_start=196
+  _globals['_DEREGISTERREPLY']._serialized_end=230
+  _globals['_COMPLETION']._serialized_start=233
+  _globals['_COMPLETION']._serialized_end=386
+  _globals['_LISTREPLICASREQUEST']._serialized_start=388
+  _globals['_LISTREPLICASREQUEST']._serialized_end=424
+  _globals['_REPLICASTATUS']._serialized_start=427
+  _globals['_REPLICASTATUS']._serialized_end=721
+  _globals['_LISTREPLICASREPLY']._serialized_start=723
+  _globals['_LISTREPLICASREPLY']._serialized_end=797
+  _globals['_SCOREPART']._serialized_start=799
+  _globals['_SCOREPART']._serialized_end=841
+  _globals['_CANDIDATESCORE']._serialized_start=843
+  _globals['_CANDIDATESCORE']._serialized_end=942
+  _globals['_FILTEREDREPLICA']._serialized_start=944
+  _globals['_FILTEREDREPLICA']._serialized_end=997
+  _globals['_LENGTHPREDICTION']._serialized_start=999
+  _globals['_LENGTHPREDICTION']._serialized_end=1057
+  _globals['_ROUTEEXPLANATION']._serialized_start=1060
+  _globals['_ROUTEEXPLANATION']._serialized_end=1395
+  _globals['_ROUTER']._serialized_start=1398
+  _globals['_ROUTER']._serialized_end=1957
 # @@protoc_insertion_point(module_scope)

@@ -55,6 +55,16 @@ class RouterStub:
                 request_serializer=protos_dot_replica__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=protos_dot_router__pb2.RouteExplanation.FromString,
                 _registered_method=True)
+        self.Register = channel.unary_unary(
+                '/fleetroute.router.v1.Router/Register',
+                request_serializer=protos_dot_router__pb2.RegisterRequest.SerializeToString,
+                response_deserializer=protos_dot_router__pb2.RegisterReply.FromString,
+                _registered_method=True)
+        self.Deregister = channel.unary_unary(
+                '/fleetroute.router.v1.Router/Deregister',
+                request_serializer=protos_dot_router__pb2.DeregisterRequest.SerializeToString,
+                response_deserializer=protos_dot_router__pb2.DeregisterReply.FromString,
+                _registered_method=True)
 
 
 class RouterServicer:
@@ -89,6 +99,21 @@ class RouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Register(self, request, context):
+        """An agent joins the router's fleet (idempotent for the same id and address); the router then
+        asks it for Info and watches its snapshots. Needs the admin key in `authorization` when set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Deregister(self, request, context):
+        """An agent leaves (before it drains), so the router stops sending it requests.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +136,16 @@ def add_RouterServicer_to_server(servicer, server):
                     servicer.Explain,
                     request_deserializer=protos_dot_replica__pb2.GenerateRequest.FromString,
                     response_serializer=protos_dot_router__pb2.RouteExplanation.SerializeToString,
+            ),
+            'Register': grpc.unary_unary_rpc_method_handler(
+                    servicer.Register,
+                    request_deserializer=protos_dot_router__pb2.RegisterRequest.FromString,
+                    response_serializer=protos_dot_router__pb2.RegisterReply.SerializeToString,
+            ),
+            'Deregister': grpc.unary_unary_rpc_method_handler(
+                    servicer.Deregister,
+                    request_deserializer=protos_dot_router__pb2.DeregisterRequest.FromString,
+                    response_serializer=protos_dot_router__pb2.DeregisterReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -221,6 +256,60 @@ class Router:
             '/fleetroute.router.v1.Router/Explain',
             protos_dot_replica__pb2.GenerateRequest.SerializeToString,
             protos_dot_router__pb2.RouteExplanation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Register(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetroute.router.v1.Router/Register',
+            protos_dot_router__pb2.RegisterRequest.SerializeToString,
+            protos_dot_router__pb2.RegisterReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Deregister(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetroute.router.v1.Router/Deregister',
+            protos_dot_router__pb2.DeregisterRequest.SerializeToString,
+            protos_dot_router__pb2.DeregisterReply.FromString,
             options,
             channel_credentials,
             insecure,

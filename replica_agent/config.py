@@ -48,6 +48,9 @@ class AgentConfig(BaseModel):
     host: str = "127.0.0.1"
     grpc_port: int = Field(default=50061, ge=0, le=65535)
     http_port: int = Field(default=8001, ge=0, le=65535)
+    register_with: list[str] = Field(default_factory=list)  # routers' gRPC host:port
+    advertise_address: str | None = None  # host:port routers dial; default host:bound gRPC port
+    router_key: str | None = None  # the routers' admin key, if they require one
     remote_url: str | None = None
     remote_api_key: str | None = None
     tokenizer: str | None = None
@@ -104,7 +107,8 @@ def load_agent_config(path: Path | None, overrides: dict[str, Any]) -> AgentConf
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path} must hold a mapping of settings")
         settings.update(loaded or {})
-    settings.update({key: value for key, value in overrides.items() if value is not None})
+    given = {key: value for key, value in overrides.items() if value is not None and value != ()}
+    settings.update({key: list(value) if isinstance(value, tuple) else value for key, value in given.items()})
     try:
         return AgentConfig.model_validate(settings)
     except ValidationError as error:

@@ -16,6 +16,7 @@ from replica_agent.service.backend import Backend
 from replica_agent.service.grpc_server import GrpcFrontDoor
 from replica_agent.service.http_app import build_http_app, start_http_server
 from replica_agent.service.metrics import AgentMetrics
+from replica_agent.service.registration import Registrar
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class Agent:
         self._http_runner: web.AppRunner | None = None
         self._stopped = asyncio.Event()
         self.grpc: GrpcFrontDoor | None = None
+        self.registrar: Registrar | None = None
         self.ports = BoundPorts(0, 0)
 
     async def start(self) -> BoundPorts:
@@ -51,6 +53,14 @@ class Agent:
             await self.grpc.stop(0.0)
             raise
         self.ports = BoundPorts(grpc_port, http_port)
+        if self.config.register_with:
+            self.registrar = Registrar(
+                list(self.config.register_with),
+                self.config.replica_id or f"{self.config.gpu}-{grpc_port}",
+                self.config.advertise_address or f"{self.config.host}:{grpc_port}",
+                self.config.router_key,
+            )
+            self.registrar.start()
         return self.ports
 
     async def stop(self, drain_timeout_s: float | None = None) -> None:
@@ -63,6 +73,8 @@ class Agent:
             await self.backend.stop(0.0)
             return
         timeout = self.config.drain_timeout_s if drain_timeout_s is None else drain_timeout_s
+        if self.registrar is not None:
+            await self.registrar.stop()  # routers stop sending before the drain begins
         await self.grpc.set_serving(False)
         await self.backend.stop(timeout)
         await self.grpc.stop(grace_s=1.0)

@@ -35,6 +35,7 @@ from replica_agent.service.grpc_server import status_for, to_chunk, to_generate_
 from replica_agent.service.tracing import continue_trace, start_request_span
 from router.policy.plugin import RouteDecision
 from router.request_shaper import ShapedRequest
+from router.service.grpc_membership import MembershipServicer
 
 if TYPE_CHECKING:
     from router.service.router import Router
@@ -96,7 +97,7 @@ def to_explanation(shaped: ShapedRequest, decision: RouteDecision) -> pb.RouteEx
     return explanation
 
 
-class RouterServicer(pb_grpc.RouterServicer):
+class RouterServicer(MembershipServicer, pb_grpc.RouterServicer):
     def __init__(self, router: Router) -> None:
         self.router = router
 

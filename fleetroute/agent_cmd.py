@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 from typing import Any
 
 import click
 
+from fleetroute import runtime
 from replica_agent.config import AgentConfig, ConfigError, ExecutorKind, load_agent_config
 
 
@@ -23,6 +23,10 @@ from replica_agent.config import AgentConfig, ConfigError, ExecutorKind, load_ag
 @click.option("--grpc-port", type=click.IntRange(0, 65535), help="[default: 50061]")
 @click.option("--http-port", type=click.IntRange(0, 65535), help="[default: 8001]")
 @click.option("--remote-url", help="OpenAI-compatible server to front (remote executor)")
+@click.option(
+    "--register-with", multiple=True, help="a router's gRPC host:port to join (repeatable; retried)"
+)
+@click.option("--advertise-address", help="host:port routers dial for this agent  [default: HOST:GRPC-PORT]")
 @click.option("--tokenizer", help="tokenizer.json file or directory  [default: approx]")
 @click.option("--output-lengths", help="sim answer lengths, e.g. lognormal:median=151,sigma=0.86")
 @click.option("--speedup", type=float, help="sim: run the modelled GPU this many times faster")
@@ -37,7 +41,7 @@ def agent(config_path: Path | None, log_level: str, **flags: Any) -> None:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = load_agent_config(config_path, flags)
-        asyncio.run(_serve(config))
+        runtime.run(_serve(config))
     except (ConfigError, OSError, RuntimeError) as error:
         raise click.ClickException(str(error)) from None
     except KeyboardInterrupt:

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from fleetroute import runtime
 from replica_agent.config import ConfigError
 from replica_agent.executors.gpu_profiles import gpu_profile_names
 from router.config import RouterConfigError, load_router_config
@@ -61,7 +62,7 @@ def up(
     try:
         spec = load_fleet(fleet_path) if fleet_path else fleet_from_gpus(_gpu_list(gpus), replicas, model)
         settings = {"host": host, "http_port": port, "grpc_port": grpc_port, "policy": policy}
-        asyncio.run(_run_fleet(LocalFleet(spec, settings, speedup=speedup), duration))
+        runtime.run(_run_fleet(LocalFleet(spec, settings, speedup=speedup), duration))
     except (ConfigError, RouterConfigError, OSError, ValueError) as error:
         raise click.ClickException(str(error)) from None
 
@@ -78,7 +79,7 @@ def serve(config_path: Path, port: int | None, grpc_port: int | None, policy: st
         config = load_router_config(
             config_path, {"http_port": port, "grpc_port": grpc_port, "policy": policy}
         )
-        asyncio.run(_serve_router(Router(config)))
+        runtime.run(_serve_router(Router(config)))
     except (RouterConfigError, OSError) as error:
         raise click.ClickException(str(error)) from None
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from protos.snapshot import Tier
+
+NonEmptyStr = Annotated[str, Field(min_length=1)]
 
 
 class RouterConfigError(ValueError):
@@ -67,6 +69,8 @@ class RouterConfig(BaseModel):
     replicas: list[ReplicaConfig] = Field(default_factory=list)
     timeouts: TimeoutConfig = Field(default_factory=TimeoutConfig)
     admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
+    # model name -> a local tokenizer.json file or directory; other models get the approximate tokenizer
+    tokenizers: dict[NonEmptyStr, NonEmptyStr] = Field(default_factory=dict)
     scrape_interval_s: float = Field(default=0.15, ge=0.1, le=0.25)
     health_check_interval_s: float = Field(default=2.0, gt=0)
     api_keys: list[str] = Field(default_factory=list)

@@ -223,17 +223,21 @@ class _Attempt:
                     self._observe_ttft(uncached)
                 self.sent_tokens += len(event.token_ids) or (1 if event.text else 0)
                 if event.finished:
-                    final = event
+                    # Settled before the yield: front doors stop at the final event and close this stream.
+                    final, status = event, event.finish_reason or "stop"
+                    d.cluster.record_success(self.replica_id, d._clock())
                 yield event
-            status = (final.finish_reason or "stop") if final is not None else "incomplete"
-            d.cluster.record_success(self.replica_id, d._clock())
+            if final is None:
+                status = "incomplete"
+                d.cluster.record_success(self.replica_id, d._clock())
         except ReplicaCallError as error:
             status = "refused" if error.retryable and not self.sent_tokens else "failed"
             if error.kind in ("unavailable", "upstream", "timeout"):
                 d.cluster.record_failure(self.replica_id, d._clock())
             raise
         except (GeneratorExit, asyncio.CancelledError):
-            status = "client_gone"
+            if final is None:
+                status = "client_gone"
             raise
         finally:
             close = getattr(events, "aclose", None)

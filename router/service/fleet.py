@@ -73,6 +73,9 @@ class Fleet:
             scrape_interval_s=self.config.scrape_interval_s,
             gpu=replica.gpu or "unknown",
             tier=(replica.tier.value if replica.tier else "cloud"),
+            connect_timeout_s=timeouts.connect_s,
+            first_token_timeout_s=timeouts.first_token_s,
+            idle_timeout_s=timeouts.idle_s,
         )
 
     async def add(self, replica: ReplicaConfig) -> ReplicaDescriptor:

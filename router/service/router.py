@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from predictors.running_average import RunningAveragePredictor
+from protos.text import Tokenizer, load_tokenizer
 from router.config import ReplicaConfig, RouterConfig, RouterConfigError
 from router.policy.config import profile_from_yaml
 from router.policy.profile import Profile
 from router.policy.registry import build_policy
-from router.request_shaper import RequestShaper
+from router.request_shaper import RequestShaper, default_tokenizer
 from router.service.dispatch import Dispatcher, DispatchSettings
 from router.service.fleet import Fleet
 from router.service.replica_client import ReplicaCallError
@@ -46,6 +47,21 @@ def load_policy(config: RouterConfig) -> Profile:
         raise RouterConfigError(f"policy: {error}") from None
 
 
+def load_tokenizers(config: RouterConfig) -> dict[str, Tokenizer]:
+    """The configured tokenizer of each model; a file that is missing or unreadable is a config error."""
+    tokenizers: dict[str, Tokenizer] = {}
+    for model, path in config.tokenizers.items():
+        try:
+            tokenizers[model] = load_tokenizer(path, vocab_size=default_tokenizer(model).vocab_size)
+        except ValueError as error:  # no such file
+            raise RouterConfigError(f"tokenizers.{model}: {error}") from None
+        except Exception as error:  # the tokenizers library raises bare Exception for a malformed file
+            reason = (str(error).splitlines() or [type(error).__name__])[0]
+            message = f"tokenizers.{model}: {path} is not a usable tokenizer.json: {reason}"
+            raise RouterConfigError(message) from None
+    return tokenizers
+
+
 class Router:
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
@@ -53,7 +69,7 @@ class Router:
         self.fleet = Fleet(self.cluster, config)
         self.policy = load_policy(config)
         self.metrics = RouterMetrics(view=lambda: self.cluster.view(time.monotonic()))
-        self.shaper = RequestShaper()
+        self.shaper = RequestShaper(load_tokenizers(config))
         admission = config.admission
         self.dispatcher = Dispatcher(
             self.cluster,

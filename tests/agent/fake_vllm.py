@@ -80,6 +80,7 @@ class FakeVllm:
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/health", self._health)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -101,6 +102,9 @@ class FakeVllm:
         return next(r for r in self.requests if r.request_id == request_id)
 
     # -- endpoints ---------------------------------------------------------------------------------
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
     async def _models(self, request: web.Request) -> web.Response:
         card = {"id": self.model, "object": "model", "created": int(time.time()), "owned_by": "vllm",
                 "root": self.model, "parent": None, "max_model_len": self.max_model_len}  # fmt: skip

@@ -47,9 +47,9 @@ def test_agents_join_in_any_start_order_and_leave_before_draining() -> None:
             assert await until(lambda: ids() == {"early", f"h100-80gb-{late.ports.grpc}"}, 15.0), ids()
             async with grpc.aio.insecure_channel(router_address) as channel:
                 stub = pb_grpc.RouterStub(channel)
-                again = await stub.Register(
-                    pb.RegisterRequest(replica_id="early", address=early.registrar.address)
-                )
+                assert early.registrar is not None
+                address = early.registrar.address
+                again = await stub.Register(pb.RegisterRequest(replica_id="early", address=address))
                 assert not again.added  # idempotent
                 listed = await stub.ListReplicas(pb.ListReplicasRequest())
                 assert {r.id for r in listed.replicas} == ids()

@@ -116,6 +116,8 @@ class Dispatcher:
             raise InvalidRequestError(
                 f"max_tokens must be at least 1, got {request.max_tokens}", "max_tokens"
             )
+        if self.cluster.ledger.entry(request.request_id) is not None:
+            raise InvalidRequestError(f"request id {request.request_id!r} is already in flight")
         shaped, decision, view = self.decide(request)
         span = start_request_span("router.route", request, "dispatch", trace.get_tracer("fleetroute.router"))
         _describe_decision(span, decision)

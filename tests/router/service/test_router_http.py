@@ -221,3 +221,16 @@ def test_no_retry_after_the_first_token() -> None:
         assert metric(pair, "fleetroute_retries_total") == 0
         assert pair.engine_requests()[1 - busy[0]] == 0  # the other replica never received it
         assert metric(pair, "fleetroute_requests_total", status="failed") == 1
+
+
+def test_a_request_id_already_in_flight_is_refused(fleet: FleetThread) -> None:
+    client = fleet.client()
+    headers = {"X-Request-Id": "twice"}
+    stream = client.completions.create(
+        model=MODEL, prompt=PROMPT, max_tokens=2000, stream=True, extra_body={"ignore_eos": True},
+        extra_headers=headers,
+    )  # fmt: skip
+    next(iter(stream))
+    with pytest.raises(openai.BadRequestError, match="already in flight"):
+        client.completions.create(model=MODEL, prompt="x", max_tokens=2, extra_headers=headers)
+    stream.close()

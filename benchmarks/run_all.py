@@ -22,6 +22,7 @@ SUITE = (
     "torch_executor",
     "agent_overhead",
     "decision_latency",
+    "proxy_overhead",
 )
 
 

@@ -60,7 +60,8 @@ async def start_http_server(app: web.Application, host: str, port: int) -> tuple
     (and so aborts its request) even while the handler waits for the engine. aiohttp sets
     TCP_NODELAY on every accepted connection, so each SSE chunk leaves as soon as it is written.
     """
-    runner = web.AppRunner(app, handler_cancellation=True)
+    # No access log: a line per request costs more than routing it; request metrics cover it.
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)

@@ -127,7 +127,7 @@ def _banner(router: Router) -> None:
 def _rows(router: Router) -> list[tuple[str, ...]]:
     view = router.cluster.view(time.monotonic())
     rows: list[tuple[str, ...]] = []
-    for load in view.replicas:
+    for load in sorted(view.replicas, key=lambda r: r.replica_id):
         kv = f"{100 * load.projected_kv_usage:5.1f}%" if load.total_blocks else "  ?"
         state = "ok" if load.healthy and not load.circuit_open else "down"
         rows.append((load.replica_id, load.gpu, state, kv, str(load.num_running), str(load.queue_depth),
@@ -160,7 +160,7 @@ async def _until_signalled(duration: float | None, tick: Any = None, interval_s:
     while not stop.is_set():
         if deadline is not None and loop.time() >= deadline:
             break
-        if tick is not None:
-            tick()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=interval_s)
+        if tick is not None and not stop.is_set():
+            tick()

@@ -309,3 +309,12 @@ def test_replicas_are_added_and_removed_at_run_time_with_the_admin_key() -> None
                 model="fake-llama-8b", prompt="x", max_tokens=2, extra_headers={"X-Request-Id": f"r-{i}"}
             )
             assert fleet.serving(f"r-{i}") == [0]
+
+
+def test_a_replica_silent_past_the_first_token_timeout_gives_504() -> None:
+    with RouterOverFakes(fakes=1, timeouts={"first_token_s": 0.2}) as one:
+        one.fakes[0].token_delay_s = 1.0
+        with pytest.raises(openai.APIStatusError) as raised:
+            one.client().completions.create(model=one.fakes[0].model, prompt="hello", max_tokens=2)
+        assert raised.value.status_code == 504
+        assert "0.2" in str(raised.value.message)

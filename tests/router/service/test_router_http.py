@@ -131,6 +131,7 @@ def test_a_client_that_disconnects_aborts_its_request_on_the_agent(fleet: FleetT
         (json.dumps({"model": MODEL, "prompt": "x", "max_tokens": -1}).encode(), 400),
         (json.dumps({"model": "gpt-9", "prompt": "x"}).encode(), 404),
         (json.dumps({"model": MODEL, "prompt": "x " * 40000, "max_tokens": 5}).encode(), 400),
+        (json.dumps({"model": MODEL, "prompt": "x" * (9 * 1024 * 1024)}).encode(), 413),
     ],
 )
 def test_bad_requests_get_openai_errors(fleet: FleetThread, body: bytes, status: int) -> None:

@@ -335,7 +335,7 @@ class RemoteBackend:
             if flight.aborted:  # while connecting
                 response.close()
             try:
-                async for data in sse_data(response):
+                async for data in sse_data(response.content):
                     if flight.aborted:
                         break
                     if data.strip() == "[DONE]":

@@ -130,12 +130,23 @@ class Router:
         if joins:
             await asyncio.wait(joins, timeout=join_timeout_s)
         self._pending = [task for task in joins if not task.done()]
+        await self._first_snapshots(timeout_s=2.0)
         self.fleet.start_health_checks()
         app = build_router_app(self)
         self._http_runner, http_port = await start_http_server(app, self.config.host, self.config.http_port)
         grpc_port = await self._start_grpc()
         self.ports = RouterPorts(http_port, grpc_port)
         return self.ports
+
+    async def _first_snapshots(self, timeout_s: float) -> None:
+        """Wait (bounded) until every joined replica reported its load once, so the first decisions
+        see real capacities rather than replicas of unknown size."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            ids = [d.replica_id for d in self.fleet.descriptors()]
+            if all(self.cluster.snapshot(replica_id) is not None for replica_id in ids):
+                return
+            await asyncio.sleep(0.01)
 
     async def _start_grpc(self) -> int:
         from router.service.grpc_server import RouterGrpcServer

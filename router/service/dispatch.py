@@ -201,6 +201,9 @@ class _Attempt:
 
     async def stream(self, request: GenerateInput) -> AsyncGenerator[GenerateEvent, None]:
         d, routing = self.d, self.shaped.routing
+        client = d.clients.get(self.replica_id)
+        if client is None:  # removed from the fleet since the decision
+            raise ReplicaCallError(f"replica {self.replica_id} left the fleet", retryable=True)
         now = d._clock()
         uncached = self._uncached_tokens()
         expected_output = round(routing.expected_output_tokens)
@@ -217,7 +220,7 @@ class _Attempt:
         )
         status = "error"
         final: GenerateEvent | None = None
-        events = d.clients[self.replica_id].generate(request)
+        events = client.generate(request)
         try:
             async for event in events:
                 if self.first_token_at is None and (event.token_ids or event.text or event.finished):

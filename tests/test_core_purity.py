@@ -10,7 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {"asyncio", "grpc", "aiohttp", "redis", "opentelemetry"}
-CORE_DIRS = ["replica_agent/engine", "router/policy", "router/state", "predictors"]
+CORE_DIRS = ["replica_agent/engine", "router/policy", "router/state", "router/sim", "predictors"]
 CORE_FILES = [
     "protos/block_hash.py",
     "protos/snapshot.py",

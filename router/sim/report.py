@@ -51,11 +51,21 @@ class DroppedRequest:
 
 @dataclass(frozen=True, slots=True)
 class ReplicaStats:
+    """One replica over a run; ``busy_s`` is the virtual time it spent stepping, and the two powers
+    are its board power while stepping and while idle (from its cost model)."""
+
     replica_id: str
     gpu: str
     served_tokens: int
     preemptions: int
     kv_util_mean: float
+    busy_s: float = 0.0
+    busy_watts: float = 0.0
+    idle_watts: float = 0.0
+
+    def energy_j(self, span_s: float) -> float:
+        """Joules over a run lasting ``span_s``: busy time at full power, the rest at idle power."""
+        return self.busy_s * self.busy_watts + max(0.0, span_s - self.busy_s) * self.idle_watts
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +103,27 @@ class SimResult:
             "prefix_hit_frac": sum(r.cached_tokens for r in records) / prompt if prompt else 0.0,
             "kv_util_mean": float(np.mean([r.kv_util_mean for r in self.replicas])) if self.replicas else 0.0,
             "imbalance": imbalance([r.served_tokens for r in self.replicas]),
+            "energy_j_per_token": self.energy_j_per_token,
             "sim_wall_s": self.sim_wall_s,
         }
+
+    def replica_energy_j(self) -> dict[str, float]:
+        """Joules per replica id over the run's makespan (idle replicas still draw idle power)."""
+        span = self.makespan_s
+        return {r.replica_id: r.energy_j(span) for r in self.replicas}
+
+    def energy_by_gpu_j(self) -> dict[str, float]:
+        span = self.makespan_s
+        totals: dict[str, float] = {}
+        for r in self.replicas:
+            totals[r.gpu] = totals.get(r.gpu, 0.0) + r.energy_j(span)
+        return totals
+
+    @property
+    def energy_j_per_token(self) -> float:
+        """The fleet's joules over the output tokens it produced (nan without any)."""
+        tokens = sum(r.output_tokens for r in self.records)
+        return sum(self.replica_energy_j().values()) / tokens if tokens else float("nan")
 
     @property
     def makespan_s(self) -> float:

@@ -6,13 +6,14 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, replace
 
-from predictors.base import OutputLengthPredictor, PredictorFeatures
+from predictors.base import PredictorFeatures
 from protos.block_hash import BlockHasher
 from protos.routing import RoutingRequest
 from replica_agent.engine.request import RequestSpec
 from router.policy.plugin import RouteDecision
 from router.policy.profile import Profile
 from router.policy.view import ReplicaLoad
+from router.sim.predict import RequestPredictor
 from router.state.cluster import ClusterState
 
 
@@ -35,7 +36,7 @@ class SimRouter:
         self,
         cluster: ClusterState,
         policy: Profile,
-        predictor: OutputLengthPredictor | None,
+        predictor: RequestPredictor | None,
         hasher: BlockHasher,
         model: str,
         client_max_tokens: int,
@@ -62,7 +63,7 @@ class SimRouter:
         )
         features = PredictorFeatures.from_request(routing)
         if self.predictor is not None:
-            routing = replace(routing, predicted=self.predictor.predict(features))
+            routing = replace(routing, predicted=self.predictor.estimate(spec, features))
         return RoutedRequest(spec, routing, features)
 
     def route(self, request: RoutedRequest, now: float) -> RouteDecision:

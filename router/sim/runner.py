@@ -3,36 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 
 from replica_agent.engine.request import RequestSpec
-from router.policy.registry import build_policy
 from router.sim.fleet import FleetSpec, build_fleet
+from router.sim.policies import build_sim_policy, forced_predictor
+from router.sim.predict import build_predictor
 from router.sim.report import SimResult
 from router.sim.simulator import SimConfig, Simulator
-from router.sim.traces import (
-    TraceFormatError,
-    TraceRequest,
-    load_azure_csv,
-    load_mooncake_jsonl,
-    sample_servegen,
-    to_specs,
-)
+from router.sim.sources import load_trace
+from router.sim.traces import TraceRequest, to_specs
 
-DEFAULT_SERVEGEN_REQUESTS = 1000
-DEFAULT_SERVEGEN_RATE_PER_S = 10.0
-
-
-def load_trace(path: Path, limit: int | None = None) -> list[TraceRequest]:
-    """Azure ``.csv``, Mooncake ``.jsonl``, or a ServeGen directory (Poisson arrivals at
-    ``DEFAULT_SERVEGEN_RATE_PER_S``; ``limit`` requests, ``DEFAULT_SERVEGEN_REQUESTS`` without one)."""
-    if path.is_dir():
-        return sample_servegen(path, limit or DEFAULT_SERVEGEN_REQUESTS, DEFAULT_SERVEGEN_RATE_PER_S)
-    if path.suffix == ".csv":
-        return load_azure_csv(path, limit)
-    if path.suffix == ".jsonl":
-        return load_mooncake_jsonl(path, limit)
-    raise TraceFormatError(f"{path}: unknown trace format (expected .csv, .jsonl or a ServeGen directory)")
+__all__ = ["load_trace", "scaled_specs", "simulate"]
 
 
 def scaled_specs(
@@ -56,10 +37,17 @@ def simulate(
     rate_scale: float = 1.0,
     duration_s: float | None = None,
     on_request_done: Callable[[], None] | None = None,
+    predictor: str = "none",
 ) -> SimResult:
-    """Run ``policy`` over ``trace`` on freshly built replicas of ``fleet``."""
+    """Run ``policy`` (a production policy or ``oracle``) over ``trace`` on freshly built replicas
+    of ``fleet``, with the length predictor ``predictor`` (see :mod:`router.sim.predict`; a
+    simulation-only policy imposes its own)."""
     config = config or SimConfig()
     simulator = Simulator(
-        build_fleet(fleet, seed=config.seed), build_policy(policy), config, on_request_done=on_request_done
+        build_fleet(fleet, seed=config.seed),
+        build_sim_policy(policy),
+        config,
+        predictor=build_predictor(forced_predictor(policy) or predictor, config.seed),
+        on_request_done=on_request_done,
     )
     return simulator.run(scaled_specs(trace, rate_scale, duration_s))

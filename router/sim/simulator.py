@@ -13,8 +13,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from predictors.base import OutputLengthPredictor
-from predictors.running_average import RunningAveragePredictor
 from protos.block_hash import BlockHasher
 from replica_agent.engine.request import RequestSpec
 from replica_agent.engine.request import Sequence as EngineSequence
@@ -32,6 +30,7 @@ from router.sim.events import (
     Wake,
 )
 from router.sim.fleet import FleetMember
+from router.sim.predict import FeaturePredictor, RequestPredictor
 from router.sim.report import DroppedRequest, ReplicaStats, RequestRecord, SimResult
 from router.sim.routing import RoutedRequest, SimRouter
 from router.state.cluster import ClusterState
@@ -62,6 +61,7 @@ class _Node:
     served_tokens: int = 0
     kv_util_sum: float = 0.0
     kv_samples: int = 0
+    busy_s: float = 0.0  # virtual seconds spent stepping, for the energy report
 
     def stats(self) -> ReplicaStats:
         engine = self.member.replica.engine
@@ -71,6 +71,9 @@ class _Node:
             served_tokens=self.served_tokens,
             preemptions=engine.scheduler.num_preemptions,
             kv_util_mean=self.kv_util_sum / self.kv_samples if self.kv_samples else 0.0,
+            busy_s=self.busy_s,
+            busy_watts=self.member.replica.cost_model.power_watts(1.0),
+            idle_watts=self.member.replica.cost_model.power_watts(0.0),
         )
 
 
@@ -82,7 +85,7 @@ class Simulator:
         fleet: Sequence[FleetMember],
         policy: Profile,
         config: SimConfig | None = None,
-        predictor: OutputLengthPredictor | None = None,
+        predictor: RequestPredictor | None = None,
         on_request_done: Callable[[], None] | None = None,
     ) -> None:
         if not fleet:
@@ -95,7 +98,7 @@ class Simulator:
         self.router = SimRouter(
             ClusterState(),
             policy,
-            RunningAveragePredictor() if predictor is None else predictor,
+            FeaturePredictor() if predictor is None else predictor,
             hasher,
             first.identity.model,
             self.config.client_max_tokens,
@@ -201,6 +204,7 @@ class Simulator:
             return
         node.busy = True
         result = replica_parts.executor.execute(plan)
+        node.busy_s += result.duration_s
         self.queue.push(now + result.duration_s, StepDone(replica, plan, result))
 
     def _on_step_done(self, replica: int, plan: StepPlan, result: StepResult, now: float) -> None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import ast
 import csv
 import json
+import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -34,6 +35,8 @@ class TraceRequest:
     prompt_tokens: int
     output_tokens: int
     prefix_ids: tuple[int, ...] = ()
+    session: str | None = None
+    prompt: str | None = None
 
 
 def _positive(value: str | int, what: str, where: str) -> int:
@@ -176,3 +179,107 @@ def to_specs(
             params=SamplingParams(max_tokens=request.output_tokens, ignore_eos=True),
             predicted_output_tokens=request.output_tokens if with_prediction else None,
         )
+
+
+GENERIC_REQUIRED = ("arrival_s", "prompt_tokens", "output_tokens")
+
+
+def load_generic(path: Path, limit: int | None = None) -> list[TraceRequest]:
+    """The generic trace format, as CSV (with a header) or JSON lines, one request per row.
+
+    Required: ``arrival_s`` (seconds from any origin, non-decreasing), ``prompt_tokens`` and
+    ``output_tokens`` (positive integers). Optional: ``prefix_ids`` (shared 512-token prompt blocks,
+    as Mooncake's ``hash_ids``: a JSON list in JSONL; in CSV a JSON list or ids separated by spaces
+    or semicolons), ``session`` (any string) and ``prompt`` (the text, if known). Arrivals are
+    shifted so the first request arrives at 0. A malformed row raises TraceFormatError naming its
+    row (CSV: the file's line number; JSONL: the line number).
+    """
+    rows: list[TraceRequest] = []
+    for where, item in _generic_items(path):
+        request = _generic_row(item, where)
+        if rows and request.arrival_s < rows[-1].arrival_s:
+            raise TraceFormatError(f"{where}: arrival_s goes backwards ({request.arrival_s})")
+        rows.append(request)
+        if limit is not None and len(rows) >= limit:
+            break
+    if rows and rows[0].arrival_s != 0.0:
+        start = rows[0].arrival_s
+        rows = [replace(row, arrival_s=row.arrival_s - start) for row in rows]
+    return rows
+
+
+def is_generic(path: Path) -> bool:
+    """Whether a ``.csv`` or ``.jsonl`` file is in the generic format (its first row names ``arrival_s``)."""
+    with path.open(newline="") as handle:
+        first = handle.readline()
+    if path.suffix == ".jsonl":
+        try:
+            item = json.loads(first)
+        except ValueError:
+            return False
+        return isinstance(item, dict) and "arrival_s" in item
+    return "arrival_s" in next(csv.reader([first]), [])
+
+
+def _generic_items(path: Path) -> Iterator[tuple[str, dict[str, object]]]:
+    with path.open(newline="") as handle:
+        if path.suffix != ".jsonl":
+            for line_no, row in enumerate(csv.DictReader(handle), start=2):
+                yield f"{path.name} row {line_no}", dict(row)
+            return
+        for line_no, line in enumerate(handle, start=1):
+            where = f"{path.name} line {line_no}"
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except ValueError:
+                raise TraceFormatError(f"{where}: not JSON") from None
+            if not isinstance(item, dict):
+                raise TraceFormatError(f"{where}: not a JSON object")
+            yield where, item
+
+
+def _generic_row(item: dict[str, object], where: str) -> TraceRequest:
+    missing = [name for name in GENERIC_REQUIRED if item.get(name) in (None, "")]
+    if missing:
+        raise TraceFormatError(f"{where}: missing {', '.join(missing)}")
+    try:
+        arrival_s = float(str(item["arrival_s"]))
+    except ValueError:
+        raise TraceFormatError(f"{where}: arrival_s is not a number: {item['arrival_s']!r}") from None
+    if not math.isfinite(arrival_s) or arrival_s < 0:
+        raise TraceFormatError(f"{where}: arrival_s must be finite and non-negative, got {arrival_s}")
+    session, prompt = item.get("session"), item.get("prompt")
+    return TraceRequest(
+        arrival_s=arrival_s,
+        prompt_tokens=_positive(_as_int_text(item["prompt_tokens"]), "prompt_tokens", where),
+        output_tokens=_positive(_as_int_text(item["output_tokens"]), "output_tokens", where),
+        prefix_ids=_prefix_ids(item.get("prefix_ids"), where),
+        session=None if session in (None, "") else str(session),
+        prompt=None if prompt in (None, "") else str(prompt),
+    )
+
+
+def _as_int_text(value: object) -> str | int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
+
+def _prefix_ids(value: object, where: str) -> tuple[int, ...]:
+    if value in (None, ""):
+        return ()
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = json.loads(text) if text.startswith("[") else text.replace(";", " ").split()
+        except ValueError:
+            raise TraceFormatError(f"{where}: prefix_ids is not a JSON list: {text!r}") from None
+    if not isinstance(value, list):
+        raise TraceFormatError(f"{where}: prefix_ids must be a list of integers")
+    try:
+        ids = tuple(int(v) for v in value if not isinstance(v, bool | float))
+    except (TypeError, ValueError):
+        raise TraceFormatError(f"{where}: prefix_ids must be a list of integers") from None
+    if len(ids) != len(value) or any(i < 0 for i in ids):
+        raise TraceFormatError(f"{where}: prefix_ids must be non-negative integers")
+    return ids

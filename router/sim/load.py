@@ -1,78 +1,65 @@
-"""Load levels relative to a fleet's measured saturation point.
+"""Load levels relative to a fleet's saturation point.
 
-Load 1.0 is the highest arrival rate the fleet sustains under ``round_robin`` on the trace's own
-arrival pattern. "Sustains" is measured by simulation on the first ``probe_requests`` requests of the
-trace, with their inter-arrival times divided by a rate multiplier m:
+Load 1.0 is the fleet's capacity on the trace's request mix: the sum over its replicas of the rate
+(requests/s) each one sustains when it never runs out of work. Each distinct replica (GPU type and
+memory setting) is measured once, by simulating a burst: the trace's first ``probe_requests``
+requests all arriving at t=0 on one replica of that kind, with the fleet's engine settings.
+Its rate is the number of completions between the 10th and the 90th percentile of completion
+times divided by that span: the window in which the replica is saturated, away from its ramp-up
+and its drain. Requests the replica refuses (a prompt over its limits) are left out.
 
-    sustainable(m)  <=>  at most 1% of requests are dropped, and the median TTFT of the later half
-                         of the arrivals is at most  2 x unloaded TTFT + 0.5 s
-
-where the unloaded TTFT is the cost-model time to prefill the trace's median prompt alone, averaged
-over the fleet's replicas, plus the per-request overhead and the router latency. Past saturation
-the queues grow for as long as requests keep arriving, so the later arrivals' TTFT diverges.
-
-The search doubles (or halves) m from 1 until sustainability changes, then bisects geometrically
-until the bracket is within ``tolerance`` (5%); the saturation multiplier is the highest sustainable
-m found. Results are cached in memory per (trace prefix, fleet, probe size, seed, config).
-Load L then runs the trace with its arrival times divided by L x m, i.e. at L x the saturation rate.
+A router that balanced perfectly by time would keep up until load 1.0; a policy that ignores each
+GPU's speed saturates the slowest replicas earlier. Load ``L`` runs the trace with its
+inter-arrival times divided by ``L x capacity / (the trace's own mean rate)``. A single replica
+sees every shared prefix in the burst, so on prefix-heavy traces the capacity is an upper bound.
 """
 
 from __future__ import annotations
 
-import statistics
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from functools import lru_cache
+from types import MappingProxyType
 
-from replica_agent.engine.step import BatchShape, SeqShape
-from router.sim.fleet import FleetSpec, build_fleet
-from router.sim.report import SimResult
-from router.sim.runner import simulate
-from router.sim.simulator import SimConfig
-from router.sim.traces import TraceRequest
+from router.policy.registry import build_policy
+from router.sim.fleet import FleetSpec, ReplicaGroup, build_fleet
+from router.sim.simulator import SimConfig, Simulator
+from router.sim.traces import TraceRequest, to_specs
 from router.sim.workloads import mean_rate_per_s
 
-SATURATION_POLICY = "round_robin"
-DEFAULT_PROBE_REQUESTS = 1000
-MAX_DROPPED_FRAC = 0.01
-TTFT_FACTOR = 2.0
-TTFT_ALLOWANCE_S = 0.5
-_MAX_DOUBLINGS = 16
+DEFAULT_PROBE_REQUESTS = 500
+WINDOW = (0.1, 0.9)
 
 
 @dataclass(frozen=True, slots=True)
 class Saturation:
-    """``rate_scale``: the multiplier of the trace's own arrival rate at saturation; ``rate_rps``:
-    the mean arrival rate there; ``probes``: every (multiplier, sustainable) tried, in order."""
+    """``capacity_rps``: the fleet's saturation rate in requests/s; ``rate_scale``: that rate over
+    the trace's own mean rate; ``per_replica_rps``: each kind of replica's rate, keyed
+    ``<gpu>`` (or ``<gpu>@<memory utilisation>`` when a fleet mixes settings for one GPU)."""
 
+    capacity_rps: float
     rate_scale: float
-    rate_rps: float
-    ttft_bound_s: float
-    probes: tuple[tuple[float, bool], ...]
+    per_replica_rps: Mapping[str, float]
+    probe_requests: int
 
 
-def unloaded_ttft_s(trace: Sequence[TraceRequest], fleet: FleetSpec, config: SimConfig) -> float:
-    """Cost-model TTFT of the trace's median prompt on an idle replica, averaged over the fleet."""
-    members = build_fleet(fleet, seed=config.seed)
-    prompt = int(statistics.median(r.prompt_tokens for r in trace))
-    times = []
-    for member in members:
-        cost = member.replica.cost_model
-        limit = member.replica.engine.config.max_model_len
-        prefill_s = cost.step_seconds(BatchShape((SeqShape(min(prompt, limit), 0),)))
-        times.append(prefill_s + cost.request_overhead_s)
-    return config.router_latency_s + sum(times) / len(times)
-
-
-def is_sustainable(result: SimResult, ttft_bound_s: float) -> bool:
-    """Few drops, and the later half of the arrivals got their first token within the bound."""
-    if result.requests == 0:
-        return True
-    if len(result.dropped) > MAX_DROPPED_FRAC * result.requests:
-        return False
-    records = sorted(result.records, key=lambda r: r.arrival_s)
-    later = records[len(records) // 2 :]
-    return not later or statistics.median(r.ttft_s for r in later) <= ttft_bound_s
+def replica_capacity_rps(
+    trace: Sequence[TraceRequest], fleet: FleetSpec, group: ReplicaGroup, config: SimConfig | None = None
+) -> float:
+    """Requests/s one replica of ``group`` completes while saturated by a burst of ``trace``."""
+    single = fleet.model_copy(update={"replicas": (group.model_copy(update={"count": 1}),)})
+    config = config or SimConfig()
+    burst = [replace(request, arrival_s=0.0) for request in trace]
+    simulator = Simulator(build_fleet(single, seed=config.seed), build_policy("round_robin"), config)
+    result = simulator.run(to_specs(burst))
+    ends = sorted(record.arrival_s + record.e2e_s for record in result.records)
+    if len(ends) < 10:
+        raise ValueError(f"too few requests completed on one {group.gpu} to measure its rate")
+    first, last = (int(q * (len(ends) - 1)) for q in WINDOW)
+    span = ends[last] - ends[first]
+    if not span > 0:
+        raise ValueError(f"the burst on one {group.gpu} finished in no time")
+    return (last - first) / span
 
 
 def find_saturation(
@@ -80,45 +67,29 @@ def find_saturation(
     fleet: FleetSpec,
     probe_requests: int = DEFAULT_PROBE_REQUESTS,
     config: SimConfig | None = None,
-    tolerance: float = 0.05,
 ) -> Saturation:
-    """The fleet's saturation point on the first ``probe_requests`` requests of ``trace`` (see the
-    module docstring); cached."""
-    if probe_requests < 2 or not tolerance > 0:
-        raise ValueError("probe_requests must be at least 2 and tolerance positive")
-    prefix = tuple(trace[:probe_requests])
-    if mean_rate_per_s(prefix) <= 0:
+    """The fleet's saturation point on ``trace`` (see the module docstring); cached per process."""
+    if probe_requests < 10:
+        raise ValueError(f"probe_requests must be at least 10, got {probe_requests}")
+    if mean_rate_per_s(trace) <= 0:
         raise ValueError("the trace needs at least two requests with distinct arrival times")
-    return _cached_saturation(prefix, fleet.model_dump_json(), config or SimConfig(), tolerance)
+    return _cached_saturation(
+        tuple(trace[:probe_requests]), mean_rate_per_s(trace), fleet.model_dump_json(), config or SimConfig()
+    )
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=32)
 def _cached_saturation(
-    prefix: tuple[TraceRequest, ...], fleet_json: str, config: SimConfig, tolerance: float
+    probe: tuple[TraceRequest, ...], trace_rate_rps: float, fleet_json: str, config: SimConfig
 ) -> Saturation:
     fleet = FleetSpec.model_validate_json(fleet_json)
-    bound = TTFT_FACTOR * unloaded_ttft_s(prefix, fleet, config) + TTFT_ALLOWANCE_S
-    probes: list[tuple[float, bool]] = []
-
-    def sustainable(multiplier: float) -> bool:
-        verdict = is_sustainable(simulate(prefix, fleet, SATURATION_POLICY, config, multiplier), bound)
-        probes.append((multiplier, verdict))
-        return verdict
-
-    low, high = _bracket(sustainable)
-    while high / low > 1.0 + tolerance:
-        middle = (low * high) ** 0.5
-        low, high = (middle, high) if sustainable(middle) else (low, middle)
-    return Saturation(low, low * mean_rate_per_s(prefix), bound, tuple(probes))
-
-
-def _bracket(sustainable: Callable[[float], bool]) -> tuple[float, float]:
-    """Multipliers (low, high = 2 low): low sustainable, high not."""
-    multiplier = 1.0
-    step = 2.0 if sustainable(multiplier) else 0.5
-    for _ in range(_MAX_DOUBLINGS):
-        following = multiplier * step
-        if sustainable(following) != (step > 1):
-            return (multiplier, following) if step > 1 else (following, multiplier)
-        multiplier = following
-    raise ValueError(f"no saturation point within 2**{_MAX_DOUBLINGS} of the trace's own rate")
+    kinds = {(g.gpu, g.gpu_memory_utilization) for g in fleet.replicas}
+    mixed = {gpu for gpu, _ in kinds if sum(1 for other, _ in kinds if other == gpu) > 1}
+    per_kind: dict[str, float] = {}
+    capacity = 0.0
+    for group in fleet.replicas:
+        key = f"{group.gpu}@{group.gpu_memory_utilization:g}" if group.gpu in mixed else group.gpu
+        if key not in per_kind:
+            per_kind[key] = replica_capacity_rps(probe, fleet, group, config)
+        capacity += group.count * per_kind[key]
+    return Saturation(capacity, capacity / trace_rate_rps, MappingProxyType(per_kind), len(probe))

@@ -6,6 +6,11 @@ Trace names refer to the public traces kept next to the repository, in ``../shar
 - ``mooncake_conversation``: Mooncake/Kimi conversation trace with 512-token prefix blocks (JSONL);
 - ``servegen_deepseek_r1``: ServeGen DeepSeek-R1 client length distributions (Poisson arrivals).
 
+Synthetic workloads are named too: ``poisson`` (Poisson arrivals) and ``gamma:<shape>`` (Gamma
+inter-arrival times with that shape: below 1 is burstier than Poisson), at 1 request/s, with
+(prompt, output) lengths resampled from ``azure2023_conv``; set their rate with ``--rate`` or
+``--load-scale``.
+
 Anything else is taken as a path: an Azure-style or generic ``.csv``, a Mooncake-style or generic
 ``.jsonl`` (the generic format is recognised by its ``arrival_s`` field), or a ServeGen directory.
 """
@@ -25,6 +30,7 @@ from router.sim.traces import (
     load_mooncake_jsonl,
     sample_servegen,
 )
+from router.sim.workloads import TraceLengths, gamma_workload
 
 SHARED_TRACES_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "traces"
 TRACE_FILES: Mapping[str, str] = MappingProxyType(
@@ -36,10 +42,29 @@ TRACE_FILES: Mapping[str, str] = MappingProxyType(
 )
 DEFAULT_SERVEGEN_REQUESTS = 1000
 DEFAULT_SERVEGEN_RATE_PER_S = 10.0
+DEFAULT_SYNTHETIC_REQUESTS = 1000
+SYNTHETIC_LENGTHS = "azure2023_conv"
+SYNTHETIC_NAMES = ("poisson", "gamma:<shape>")
 
 
 def trace_names() -> tuple[str, ...]:
-    return tuple(TRACE_FILES)
+    return (*TRACE_FILES, *SYNTHETIC_NAMES)
+
+
+def synthetic_shape(name: str) -> float | None:
+    """The Gamma shape a synthetic workload name asks for (1 for ``poisson``); None for other names."""
+    if name == "poisson":
+        return 1.0
+    kind, _, value = name.partition(":")
+    if kind != "gamma":
+        return None
+    try:
+        shape = float(value)
+    except ValueError:
+        raise TraceFormatError(f"{name}: gamma:<shape> needs a number, got {value!r}") from None
+    if not shape > 0 or shape == float("inf"):
+        raise TraceFormatError(f"{name}: the Gamma shape must be positive and finite")
+    return shape
 
 
 def resolve_trace(name_or_path: str | Path, traces_dir: Path = SHARED_TRACES_DIR) -> Path:
@@ -54,9 +79,14 @@ def resolve_trace(name_or_path: str | Path, traces_dir: Path = SHARED_TRACES_DIR
 
 
 def load_trace(name_or_path: str | Path, limit: int | None = None, seed: int = 0) -> list[TraceRequest]:
-    """The first ``limit`` requests of a named or given trace. A ServeGen directory gives
+    """The first ``limit`` requests of a named or given trace, or ``limit`` synthetic ones
+    (``DEFAULT_SYNTHETIC_REQUESTS`` without a limit). A ServeGen directory gives
     ``limit`` requests (``DEFAULT_SERVEGEN_REQUESTS`` without one) at Poisson arrivals of
     ``DEFAULT_SERVEGEN_RATE_PER_S`` with lengths from its pooled distributions."""
+    shape = synthetic_shape(str(name_or_path))
+    if shape is not None:
+        lengths = TraceLengths(load_trace(SYNTHETIC_LENGTHS))
+        return gamma_workload(1.0, shape, lengths, count=limit or DEFAULT_SYNTHETIC_REQUESTS, seed=seed)
     path = resolve_trace(name_or_path)
     if path.is_dir():
         return sample_servegen(path, limit or DEFAULT_SERVEGEN_REQUESTS, DEFAULT_SERVEGEN_RATE_PER_S, seed)

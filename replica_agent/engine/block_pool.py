@@ -23,8 +23,8 @@ class BlockPool:
     def __init__(self, num_blocks: int, record_cache_events: bool = False) -> None:
         if num_blocks <= 0:
             raise ValueError(f"num_blocks must be positive, got {num_blocks}")
-        self.blocks = [KVBlock(i) for i in range(num_blocks)]
-        self._free: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))
+        self.blocks = list(map(KVBlock, range(num_blocks)))
+        self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
         self._by_hash: dict[int, int] = {}
         self._record_events = record_cache_events
         # Each hash sits in at most one of the two: its last event since the previous drain wins.

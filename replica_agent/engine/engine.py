@@ -13,6 +13,7 @@ from protos.block_hash import BlockHasher
 from protos.snapshot import ReplicaSnapshot, Tier
 from replica_agent.engine.block_pool import BlockPool
 from replica_agent.engine.config import EngineConfig
+from replica_agent.engine.decode_run import DecodeRun, TokensAt, plan_decode_run
 from replica_agent.engine.kv_manager import KVCacheManager, blocks_for
 from replica_agent.engine.queues import make_queue_policy
 from replica_agent.engine.request import RequestSpec, RequestStatus, Sequence
@@ -48,12 +49,16 @@ class Engine:
         self._arrivals = 0
         self._in_flight: StepPlan | None = None
         self._history: deque[_StepRecord] = deque()
+        self._prefill_total = 0  # tokens in _history, kept in step with it
+        self._decode_total = 0
         self._snapshot_seq = 0
         self._started_at: float | None = None
+        self._run: DecodeRun | None = None
         self.draining = False
 
     # -- requests ---------------------------------------------------------------------------
     def add(self, spec: RequestSpec) -> None:
+        self._end_run_after_step_in_flight()
         if spec.request_id in self._requests:
             raise ValueError(f"request id {spec.request_id!r} is already in the engine")
         prompt = len(spec.prompt_token_ids)
@@ -71,6 +76,7 @@ class Engine:
 
     def abort(self, request_id: str) -> RequestOutput | None:
         """Stop a request and free its blocks at once; None if it is unknown or already finished."""
+        self._end_run_after_step_in_flight()
         seq = self._requests.pop(request_id, None)
         if seq is None:
             return None
@@ -86,11 +92,13 @@ class Engine:
         return len(self._requests)
 
     def get(self, request_id: str) -> Sequence | None:
+        if self._run is not None:
+            self._run.sync()
         return self._requests.get(request_id)
 
     # -- steps ------------------------------------------------------------------------------
     def schedule(self, now: float) -> StepPlan | None:
-        if self._in_flight is not None:
+        if self._in_flight is not None or self._run is not None:
             raise RuntimeError("a step is already in flight: call update() with its result first")
         plan = self.scheduler.schedule()
         if plan is None:
@@ -102,42 +110,126 @@ class Engine:
         self._in_flight = plan
         return plan
 
-    def update(self, plan: StepPlan, result: StepResult, now: float) -> list[RequestOutput]:
+    def update(
+        self, plan: StepPlan, result: StepResult, now: float, notable_only: bool = False
+    ) -> list[RequestOutput]:
+        """Apply a finished step: one output per sampled token, or with ``notable_only`` only those
+        that finish a request or are its first token (what a simulator acts on)."""
         if plan is not self._in_flight:
             raise RuntimeError(f"step {plan.step_id} is not the step in flight")
         self._in_flight = None
-        self._record(plan, result, now)
+        requests = self._requests
+        sampled = result.sampled_token_ids
+        caching = self.kv.enable_prefix_caching
+        block_size = self.kv.block_size
+        running = RequestStatus.RUNNING
         outputs: list[RequestOutput] = []
+        prefill_tokens = decode_tokens = 0
         for chunk in plan.chunks:
-            seq = self._requests.get(chunk.request_id)
-            if seq is None or seq.status is not RequestStatus.RUNNING:
+            if chunk.is_prefill:
+                prefill_tokens += len(chunk.token_ids)
+            else:
+                decode_tokens += len(chunk.token_ids)
+            seq = requests.get(chunk.request_id)
+            if seq is None or seq.status is not running:
                 continue  # aborted while the step ran
-            self.kv.register_computed(seq)
+            if caching and seq.num_computed_tokens // block_size > seq.num_registered_blocks:
+                self.kv.register_computed(seq)
             if not chunk.samples:
                 continue
-            token = result.sampled_token_ids.get(chunk.request_id)
+            token = sampled.get(chunk.request_id)
             if token is None:
                 raise ValueError(f"executor returned no token for request {chunk.request_id!r}")
-            outputs.append(self._accept(seq, token, now))
+            tokens = seq.output_token_ids
+            tokens.append(token)
+            first = seq.first_token_time is None
+            if first:
+                seq.first_token_time = now
+            status = self._stop_status(seq, token)
+            if status is None:
+                if notable_only and not first:
+                    continue
+                outputs.append(  # _output, inlined for the common case of a token that goes on
+                    RequestOutput(
+                        seq.request_id,
+                        (token,),
+                        False,
+                        None,
+                        seq.num_prompt_tokens,
+                        seq.num_cached_prompt_tokens,
+                        len(tokens),
+                        seq.num_preemptions,
+                    )
+                )
+            else:
+                self._finish(seq, status, now)
+                outputs.append(self._output(seq, (token,)))
+        self._record(prefill_tokens, decode_tokens, now, result.duration_s)
         return outputs
 
-    def _accept(self, seq: Sequence, token: int, now: float) -> RequestOutput:
-        seq.output_token_ids.append(token)
-        if seq.first_token_time is None:
-            seq.first_token_time = now
-        status = self._stop_status(seq, token)
-        if status is not None:
-            self.scheduler.remove(seq)
-            del self._requests[seq.request_id]
-            seq.status = status
-            seq.finish_time = now
-        return self._output(seq, (token,))
+    # -- multi-step decode (for drivers that know the sampled tokens in advance) -------------------
+    def start_decode_run(self, tokens_at: TokensAt) -> DecodeRun | None:
+        """Instead of ``schedule``: start a run of pure-decode steps whose sampled tokens are
+        ``tokens_at(request_id, first, end)`` (what the executor samples at positions
+        ``first..end - 1``), or None when the next step is not a plain decode step of every running
+        request with nothing waiting.
+
+        Step 1 is in flight at once; report each step's end with :meth:`finish_decode_step`.
+        ``add``, ``abort``, ``snapshot`` and ``get`` see exactly the state single steps would have
+        left; ``add`` and ``abort`` end the run after the step in flight.
+        """
+        if self._in_flight is not None or self._run is not None:
+            raise RuntimeError("a step is already in flight: call update() with its result first")
+        limit, finish_steps = plan_decode_run(
+            self.scheduler, self.kv, self.max_seq_tokens, self.config.eos_token_id
+        )
+        if limit < 1:
+            return None
+        self._run = DecodeRun(self.scheduler, self.kv, limit, finish_steps, tokens_at, self._record)
+        return self._run
+
+    @property
+    def decode_run(self) -> DecodeRun | None:
+        """The decode run in progress, if any."""
+        return self._run
+
+    def finish_decode_step(self, now: float, duration_s: float) -> list[RequestOutput]:
+        """The run's step in flight ended at ``now`` after ``duration_s``: the outputs of the
+        requests it finished (the others' new tokens are not reported). Then the run's next step
+        is in flight, or the run is over (``decode_run`` is None) and ``schedule`` is next."""
+        run = self._run
+        if run is None:
+            raise RuntimeError("no decode run in progress")
+        finished: list[RequestOutput] = []
+        for seq in run.finish_step(now, duration_s):
+            token = seq.output_token_ids[-1]
+            status = self._stop_status(seq, token)
+            if status is None:
+                raise RuntimeError(f"decode run expected {seq.request_id!r} to finish")
+            self._finish(seq, status, now)
+            finished.append(self._output(seq, (token,)))
+        if not run.going:
+            run.close()
+            self._run = None
+        return finished
+
+    def _end_run_after_step_in_flight(self) -> None:
+        if self._run is not None:
+            self._run.sync()
+            self._run.truncate()
+
+    def _finish(self, seq: Sequence, status: RequestStatus, now: float) -> None:
+        self.scheduler.remove(seq)
+        del self._requests[seq.request_id]
+        seq.status = status
+        seq.finish_time = now
 
     def _stop_status(self, seq: Sequence, token: int) -> RequestStatus | None:
         params = seq.spec.params
         if not params.ignore_eos and (token == self.config.eos_token_id or token in params.stop_token_ids):
             return RequestStatus.FINISHED_STOPPED
-        if seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.max_seq_tokens:
+        num_outputs = len(seq.output_token_ids)
+        if num_outputs >= params.max_tokens or seq.num_prompt_tokens + num_outputs >= self.max_seq_tokens:
             return RequestStatus.FINISHED_LENGTH
         return None
 
@@ -152,25 +244,38 @@ class Engine:
             num_prompt_tokens=seq.num_prompt_tokens,
             num_cached_tokens=seq.num_cached_prompt_tokens,
             num_output_tokens=seq.num_output_tokens,
+            num_preemptions=seq.num_preemptions,
         )
 
     # -- observation ------------------------------------------------------------------------
-    def _record(self, plan: StepPlan, result: StepResult, now: float) -> None:
+    def _record(self, prefill_tokens: int, decode_tokens: int, now: float, duration_s: float) -> None:
         if self._started_at is None:
-            self._started_at = now - result.duration_s
-        self._history.append(_StepRecord(now, plan.num_prefill_tokens, plan.num_decode_tokens))
+            self._started_at = now - duration_s
+        history = self._history
+        history.append(_StepRecord(now, prefill_tokens, decode_tokens))
+        self._prefill_total += prefill_tokens
+        self._decode_total += decode_tokens
         horizon = now - self.config.throughput_window_s
-        while self._history and self._history[0].time < horizon:
-            self._history.popleft()
+        while history and history[0].time < horizon:
+            oldest = history.popleft()
+            self._prefill_total -= oldest.prefill_tokens
+            self._decode_total -= oldest.decode_tokens
 
     def snapshot(self, now: float) -> ReplicaSnapshot:
         """Load as routers see it; drains the admitted ids and cache events since the last call."""
+        if self._run is not None:
+            self._run.sync(tokens=False)  # a snapshot reads no sampled token
         horizon = now - self.config.throughput_window_s
-        recent = [r for r in self._history if r.time >= horizon]
+        prefill, decode = self._prefill_total, self._decode_total
+        for record in self._history:  # in time order: the few already out of the window lead
+            if record.time >= horizon:
+                break
+            prefill -= record.prefill_tokens
+            decode -= record.decode_tokens
         started = now if self._started_at is None else self._started_at
         span = min(self.config.throughput_window_s, now - started)
-        prefill_rate = sum(r.prefill_tokens for r in recent) / span if span > 0 else 0.0
-        decode_rate = sum(r.decode_tokens for r in recent) / span if span > 0 else 0.0
+        prefill_rate = prefill / span if span > 0 else 0.0
+        decode_rate = decode / span if span > 0 else 0.0
         running, waiting = self.scheduler.running, self.scheduler.waiting
         cached, evicted = self.pool.drain_cache_events()
         admitted = tuple(self.scheduler.admitted_ids)
@@ -190,8 +295,14 @@ class Engine:
             num_running=len(running),
             num_waiting=len(waiting),
             waiting_prefill_tokens=sum(s.num_tokens - s.num_computed_tokens for s in waiting)
-            + sum(s.remaining_prefill_tokens for s in running),
-            running_context_tokens=sum(s.num_computed_tokens for s in running),
+            + sum(
+                [
+                    s.num_prompt_tokens - s.num_computed_tokens
+                    for s in running
+                    if s.num_computed_tokens < s.num_prompt_tokens
+                ]
+            ),
+            running_context_tokens=sum([s.num_computed_tokens for s in running]),
             preemptions_total=self.scheduler.num_preemptions,
             prefill_tokens_per_s=prefill_rate,
             decode_tokens_per_s=decode_rate,

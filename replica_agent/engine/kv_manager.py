@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from array import array
+
+from xxhash import xxh3_64_intdigest
+
 from protos.block_hash import BlockHasher
 from replica_agent.engine.block_pool import BlockPool
 from replica_agent.engine.request import Sequence
@@ -38,10 +42,13 @@ class KVCacheManager:
 
     def blocks_needed(self, seq: Sequence, num_new_tokens: int, computed: list[int] | None = None) -> int:
         """Free blocks that allocating ``num_new_tokens`` more slots would consume."""
-        held = len(seq.block_ids) + len(computed or ())
-        base = seq.num_computed_tokens + len(computed or ()) * self.block_size
+        if not computed:
+            total = blocks_for(seq.num_computed_tokens + num_new_tokens, self.block_size)
+            return max(0, total - len(seq.block_ids))
+        held = len(seq.block_ids) + len(computed)
+        base = seq.num_computed_tokens + len(computed) * self.block_size
         fresh = max(0, blocks_for(base + num_new_tokens, self.block_size) - held)
-        revived = sum(1 for b in computed or () if self.pool.is_free(b))
+        revived = sum(1 for b in computed if self.pool.is_free(b))
         return fresh + revived
 
     def allocate_slots(self, seq: Sequence, num_new_tokens: int, computed: list[int] | None = None) -> bool:
@@ -53,13 +60,16 @@ class KVCacheManager:
         if computed:
             self.pool.touch(computed)
             seq.block_ids.extend(computed)
+            seq.block_table_cache = None
             seq.num_computed_tokens += len(computed) * self.block_size
             seq.num_registered_blocks = len(seq.block_ids)
         total = blocks_for(seq.num_computed_tokens + num_new_tokens, self.block_size)
         fresh = self.pool.allocate(max(0, total - len(seq.block_ids)))
         if fresh is None:
             raise RuntimeError("block pool shrank between check and allocation")
-        seq.block_ids.extend(fresh)
+        if fresh:
+            seq.block_ids.extend(fresh)
+            seq.block_table_cache = None
         return True
 
     def register_computed(self, seq: Sequence) -> None:
@@ -70,20 +80,32 @@ class KVCacheManager:
         if full <= seq.num_registered_blocks:
             return
         self._extend_hashes(seq)
+        block_ids, block_hashes, cache = seq.block_ids, seq.block_hashes, self.pool.cache
         for index in range(seq.num_registered_blocks, full):
-            self.pool.cache(seq.block_ids[index], seq.block_hashes[index])
+            cache(block_ids[index], block_hashes[index])
         seq.num_registered_blocks = full
 
     def free(self, seq: Sequence) -> None:
         self.pool.free(reversed(seq.block_ids))
         seq.block_ids.clear()
+        seq.block_table_cache = None
         seq.num_registered_blocks = 0
 
     def _extend_hashes(self, seq: Sequence) -> None:
         known = len(seq.block_hashes)
-        if (known + 1) * self.block_size > seq.num_tokens:
+        size = self.block_size
+        if (known + 1) * size > seq.num_tokens:
             return
-        parent = seq.block_hashes[-1] if known else None
-        seq.block_hashes.extend(
-            self.hasher.hash_tokens(seq.token_ids(), seq.spec.extra_keys, parent=parent, start_block=known)
-        )
+        previous = seq.block_hashes[-1] if known else self.hasher.root_hash
+        # Only the tokens after the known blocks, converted once. Each block's hash is
+        # ``BlockHasher.hash_block``'s in one shot (xxh3 of the concatenation equals the streamed
+        # digest) rather than block by block through its streaming object.
+        data = array("I", seq.token_slice(known * size, seq.num_tokens)).tobytes()
+        extra = repr(seq.spec.extra_keys).encode() if seq.spec.extra_keys else b""
+        seed, width = self.hasher.seed, 4 * size
+        hashes = seq.block_hashes
+        for begin in range(0, len(data) - width + 1, width):
+            previous = xxh3_64_intdigest(
+                previous.to_bytes(8, "little") + data[begin : begin + width] + extra, seed=seed
+            )
+            hashes.append(previous)

@@ -51,9 +51,13 @@ class RequestStatus(Enum):
         )
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Sequence:
-    """Engine-side state of one request; owned and mutated only by the scheduler."""
+    """Engine-side state of one request; owned and mutated only by the scheduler.
+
+    ``block_ids`` changes only through :class:`KVCacheManager`, which drops the cached
+    :meth:`block_table` whenever it does.
+    """
 
     spec: RequestSpec
     status: RequestStatus = RequestStatus.WAITING
@@ -70,18 +74,18 @@ class Sequence:
     first_token_time: float | None = None
     finish_time: float | None = None
     promoted_until_step: int = 0
+    request_id: str = field(init=False, repr=False)
+    num_prompt_tokens: int = field(init=False, repr=False)
+    block_table_cache: tuple[int, ...] | None = field(default=None, init=False, repr=False)
 
-    @property
-    def request_id(self) -> str:
-        return self.spec.request_id
-
-    @property
-    def num_prompt_tokens(self) -> int:
-        return len(self.spec.prompt_token_ids)
+    def __post_init__(self) -> None:
+        # Read on every step: plain attributes rather than properties over the spec.
+        self.request_id = self.spec.request_id
+        self.num_prompt_tokens = len(self.spec.prompt_token_ids)
 
     @property
     def num_tokens(self) -> int:
-        return len(self.spec.prompt_token_ids) + len(self.output_token_ids)
+        return self.num_prompt_tokens + len(self.output_token_ids)
 
     @property
     def num_output_tokens(self) -> int:
@@ -90,6 +94,13 @@ class Sequence:
     @property
     def remaining_prefill_tokens(self) -> int:
         return max(0, self.num_prompt_tokens - self.num_computed_tokens)
+
+    def block_table(self) -> tuple[int, ...]:
+        """``block_ids`` as a tuple, shared by every step until the table changes."""
+        table = self.block_table_cache
+        if table is None:
+            table = self.block_table_cache = tuple(self.block_ids)
+        return table
 
     def token_ids(self) -> list[int]:
         return [*self.spec.prompt_token_ids, *self.output_token_ids]

@@ -53,16 +53,32 @@ class Scheduler:
         budget = self.config.max_num_batched_tokens
         chunks: list[ScheduledChunk] = []
         preempted: list[str] = []
+        running = self.running
+        chunked = self.config.enable_chunked_prefill
+        block_size = self.kv.block_size
         index = 0
-        while index < len(self.running) and budget > 0:
-            seq = self.running[index]
-            num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
-            if not self.config.enable_chunked_prefill and num_new < seq.num_tokens - seq.num_computed_tokens:
-                index += 1
-                continue
-            if not self._make_room(seq, num_new, preempted):
+        while index < len(running) and budget > 0:
+            seq = running[index]
+            computed = seq.num_computed_tokens
+            num_new = seq.num_prompt_tokens + len(seq.output_token_ids) - computed
+            if num_new > budget:
+                if not chunked:
+                    index += 1
+                    continue
+                num_new = budget
+            # slots already held need no allocation (the usual decode step)
+            if computed + num_new > len(seq.block_ids) * block_size and not self._make_room(
+                seq, num_new, preempted
+            ):
                 break
-            chunks.append(self._chunk(seq, num_new))
+            outputs = seq.output_token_ids
+            if num_new == 1 and outputs and computed + 1 == seq.num_prompt_tokens + len(outputs):
+                # _chunk, inlined for a decode
+                seq.num_computed_tokens = computed + 1
+                table = seq.block_table()
+                chunks.append(ScheduledChunk(seq.request_id, computed, (outputs[-1],), table, False, True))
+            else:
+                chunks.append(self._chunk(seq, num_new))
             budget -= num_new
             index += 1
         padding: list[SeqShape] = []
@@ -100,6 +116,8 @@ class Scheduler:
             self.static_batch.clear()
         if self.policy.age(self.waiting, self.step):
             self.waiting.sort(key=lambda s: self.policy.waiting_key(s, self.step))
+        if not self.waiting and not static:
+            return []
         reserved = sum(self.policy.reserve_blocks(s) for s in self.running)
         while self.waiting and len(self.running) < self.config.max_num_seqs and (budget > 0 or static):
             seq = self.waiting[0]
@@ -143,12 +161,15 @@ class Scheduler:
         start = seq.num_computed_tokens
         end = start + num_new
         seq.num_computed_tokens = end
-        is_decode = num_new == 1 and end == seq.num_tokens and seq.num_output_tokens > 0
+        outputs = seq.output_token_ids
+        num_tokens = seq.num_prompt_tokens + len(outputs)
+        if num_new == 1 and end == num_tokens and outputs:
+            return ScheduledChunk(seq.request_id, start, (outputs[-1],), seq.block_table(), False, True)
         return ScheduledChunk(
             request_id=seq.request_id,
             start=start,
             token_ids=seq.token_slice(start, end),
-            block_ids=tuple(seq.block_ids),
-            is_prefill=not is_decode,
-            samples=end == seq.num_tokens,
+            block_ids=seq.block_table(),
+            is_prefill=True,
+            samples=end == num_tokens,
         )

@@ -99,3 +99,4 @@ class RequestOutput:
     num_prompt_tokens: int
     num_cached_tokens: int
     num_output_tokens: int
+    num_preemptions: int = 0

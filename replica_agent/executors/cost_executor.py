@@ -32,16 +32,32 @@ class CostModelExecutor:
         self.seed = seed
 
     def execute(self, plan: StepPlan) -> StepResult:
-        sampled = {c.request_id: self.token_at(c.request_id, c.end) for c in plan.chunks if c.samples}
-        return StepResult(sampled_token_ids=sampled, duration_s=self.cost_model.step_seconds(plan.shape()))
+        seed, vocab, eos = self.seed, self.vocab_size, self.eos_token_id
+        sampled: dict[str, int] = {}
+        for chunk in plan.chunks:
+            if chunk.samples:  # token_at, inlined
+                request_id = chunk.request_id
+                key = f"{request_id}\x00{chunk.start + len(chunk.token_ids)}".encode()
+                token: int = xxhash.xxh3_64_intdigest(key, seed=seed) % vocab
+                sampled[request_id] = (token + 1) % vocab if token == eos else token
+        return StepResult(sampled, self.cost_model.plan_seconds(plan))
 
     def release(self, request_id: str) -> None:
         """Nothing to release: the executor keeps no per-request state."""
 
+    def tokens_at(self, request_id: str, first: int, end: int) -> list[int]:
+        """``token_at(request_id, p)`` for ``p`` in ``first..end - 1`` (a decode run's tokens)."""
+        prefix, seed, vocab, eos = f"{request_id}\x00", self.seed, self.vocab_size, self.eos_token_id
+        digest = xxhash.xxh3_64_intdigest
+        tokens: list[int] = [digest((prefix + str(p)).encode(), seed) % vocab for p in range(first, end)]
+        if eos is not None and eos in tokens:
+            tokens = [(t + 1) % vocab if t == eos else t for t in tokens]
+        return tokens
+
     def token_at(self, request_id: str, position: int) -> int:
         """The token sampled for ``request_id`` at sequence position ``position``."""
         key = f"{request_id}\x00{position}".encode()
-        token = int(xxhash.xxh3_64_intdigest(key, seed=self.seed)) % self.vocab_size
+        token: int = xxhash.xxh3_64_intdigest(key, seed=self.seed) % self.vocab_size
         if token == self.eos_token_id:
             token = (token + 1) % self.vocab_size
         return token

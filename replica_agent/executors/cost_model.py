@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import math
 
-from replica_agent.engine.step import BatchShape
+from replica_agent.engine.step import BatchShape, StepPlan
 from replica_agent.executors.gpu_profiles import GpuProfile, ModelProfile
 
 DEFAULT_ACTIVATION_RESERVE_BYTES = 2 * 1024**3  # activations, CUDA graphs, allocator slack (vLLM-like)
 IDLE_POWER_FRACTION = 0.25  # board power at zero utilisation, as a fraction of TDP
 _LOGIT_BYTES = 4  # logits are produced in fp32
+
+_Tally = tuple[int, int, int, int, int, float]
 
 
 class StepCostModel:
@@ -66,6 +68,33 @@ class StepCostModel:
     def step_seconds(self, shape: BatchShape) -> float:
         """Wall time of one engine step computing ``shape`` (0.0 for an empty step)."""
         return self._step(*self._tally(shape))
+
+    def plan_seconds(self, plan: StepPlan) -> float:
+        """``step_seconds(plan.shape())`` without building the shape (the simulator's hot path)."""
+        tokens = seqs = decodes = decode_context = prefills = 0
+        prefill_s = 0.0
+        for chunk in plan.chunks:
+            new = len(chunk.token_ids)
+            if new == 0:
+                continue
+            tokens += new
+            seqs += 1
+            context = chunk.start
+            if new == 1 and context > 0:
+                decodes += 1
+                decode_context += context
+            else:
+                prefills += 1
+                prefill_s += self._prefill_attention(new, context)
+        tally = (tokens, seqs, decodes, decode_context, prefills, prefill_s)
+        if plan.padding:
+            tally = self._tally(BatchShape(plan.padding), tally)
+        return self._step(*tally)
+
+    def decode_batch_seconds(self, batch: int, context_tokens: int) -> float:
+        """``plan_seconds`` of a step decoding ``batch`` sequences on ``context_tokens`` cached
+        tokens in all (each sequence has at least one)."""
+        return self._step(batch, batch, batch, context_tokens, 0, 0.0)
 
     def decode_step_seconds(self, batch: int, mean_context: float) -> float:
         """One step of ``batch`` decoding sequences with ``mean_context`` cached tokens each."""
@@ -109,10 +138,10 @@ class StepCostModel:
             attention += (decode_context + decodes) * self._attn_kv_s
         return attention
 
-    def _tally(self, shape: BatchShape) -> tuple[int, int, int, int, int, float]:
-        """``shape`` as (tokens, sequences, decodes, decode context, prefills, prefill attention s)."""
-        tokens = seqs = decodes = decode_context = prefills = 0
-        prefill_s = 0.0
+    def _tally(self, shape: BatchShape, start: _Tally = (0, 0, 0, 0, 0, 0.0)) -> _Tally:
+        """``shape`` as (tokens, sequences, decodes, decode context, prefills, prefill attention s),
+        added to ``start`` (the tally of the seqs before ``shape``'s, in batch order)."""
+        tokens, seqs, decodes, decode_context, prefills, prefill_s = start
         for seq in shape.seqs:
             new, context = seq.new_tokens, seq.context_tokens
             if new < 0 or context < 0:

@@ -7,7 +7,7 @@ a run is deterministic and, e.g., every request admitted at one instant joins th
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from protos.snapshot import ReplicaSnapshot
 from replica_agent.engine.step import StepPlan, StepResult
@@ -43,6 +43,13 @@ class StepDone:
 
 
 @dataclass(frozen=True, slots=True)
+class RunStepDone:
+    """A step of the replica's multi-step decode run ends (see :class:`DecodeRun`)."""
+
+    replica: int
+
+
+@dataclass(frozen=True, slots=True)
 class PublishSnapshot:
     replica: int
 
@@ -62,28 +69,23 @@ class Completion:
     replica: int
 
 
-Event = Arrival | Admit | Wake | StepDone | PublishSnapshot | DeliverSnapshot | Completion
-
-
-@dataclass(order=True, slots=True)
-class _Entry:
-    time: float
-    seq: int
-    event: Event = field(compare=False)
+Event = Arrival | Admit | Wake | StepDone | RunStepDone | PublishSnapshot | DeliverSnapshot | Completion
 
 
 class EventQueue:
     def __init__(self) -> None:
-        self._heap: list[_Entry] = []
+        # (time, push sequence number, event): the unique sequence number settles every tie, so
+        # events themselves are never compared.
+        self._heap: list[tuple[float, int, Event]] = []
         self._pushed = 0
 
     def push(self, time: float, event: Event) -> None:
-        heapq.heappush(self._heap, _Entry(time, self._pushed, event))
+        heapq.heappush(self._heap, (time, self._pushed, event))
         self._pushed += 1
 
     def pop(self) -> tuple[float, Event]:
-        entry = heapq.heappop(self._heap)
-        return entry.time, entry.event
+        time, _, event = heapq.heappop(self._heap)
+        return time, event
 
     def __len__(self) -> int:
         return len(self._heap)

@@ -13,21 +13,30 @@ from pathlib import Path
 from router.sim.report import RequestRecord
 
 Summary = Mapping[str, float | int | str]
+LINE_STYLES = ("-", "--", "-.", ":")
+
+
+def _style(index: int) -> tuple[tuple[float, float, float, float], str]:
+    """A distinct (colour, dash) for each of up to 40 series: ten colours, then the next dash."""
+    from matplotlib import colormaps
+
+    return colormaps["tab10"](index % 10), LINE_STYLES[(index // 10) % len(LINE_STYLES)]
 
 
 def ttft_cdf_figure(records_by_policy: Mapping[str, Sequence[RequestRecord]], path: Path, title: str) -> Path:
     """One empirical CDF of TTFT per policy, on a log time axis when the spread is wide."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(7, 4.5))
+    figure = Figure(figsize=(8.5, 4.5))
     axes = figure.subplots()
     positive: list[float] = []
-    for policy, records in records_by_policy.items():
+    for index, (policy, records) in enumerate(records_by_policy.items()):
         ttfts = sorted(r.ttft_s for r in records)
         if not ttfts:
             continue
         fractions = [(i + 1) / len(ttfts) for i in range(len(ttfts))]
-        axes.step(ttfts, fractions, where="post", label=policy)
+        colour, dash = _style(index)
+        axes.step(ttfts, fractions, where="post", label=policy, color=colour, linestyle=dash)
         positive += [t for t in ttfts if t > 0]
     if positive and max(positive) / min(positive) > 100:
         axes.set_xscale("log")
@@ -37,7 +46,7 @@ def ttft_cdf_figure(records_by_policy: Mapping[str, Sequence[RequestRecord]], pa
     axes.grid(True, alpha=0.3)
     axes.set_title(title)
     if records_by_policy:
-        axes.legend(loc="lower right", fontsize="small")
+        axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     return path
@@ -49,11 +58,12 @@ def metric_vs_load_figure(
     """``metric`` against ``load_scale``, one line per policy (non-finite values are skipped)."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(7, 4.5))
+    figure = Figure(figsize=(8.5, 4.5))
     axes = figure.subplots()
-    for policy, points in _series(results, metric).items():
+    for index, (policy, points) in enumerate(_series(results, metric).items()):
         loads, values = zip(*points, strict=True)
-        axes.plot(loads, values, marker="o", label=policy)
+        colour, dash = _style(index)
+        axes.plot(loads, values, marker="o", label=policy, color=colour, linestyle=dash)
     if log_y:
         axes.set_yscale("log")
     axes.set_xlabel("load scale")
@@ -61,7 +71,7 @@ def metric_vs_load_figure(
     axes.grid(True, alpha=0.3)
     axes.set_title(title)
     if results:
-        axes.legend(fontsize="small")
+        axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     return path

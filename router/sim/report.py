@@ -104,6 +104,7 @@ class SimResult:
             "kv_util_mean": float(np.mean([r.kv_util_mean for r in self.replicas])) if self.replicas else 0.0,
             "imbalance": imbalance([r.served_tokens for r in self.replicas]),
             "energy_j_per_token": self.energy_j_per_token,
+            **{f"energy_j_{gpu}": joules for gpu, joules in sorted(self.energy_by_gpu_j().items())},
             "sim_wall_s": self.sim_wall_s,
         }
 

@@ -5,6 +5,11 @@ request arrives at the router, which decides on its current view and records the
 after the router→replica latency it is added to the engine, which steps whenever it has work (each
 step lasts what the cost model says). Replicas publish snapshots every ``snapshot_interval_s``; the
 router applies them ``snapshot_staleness_s`` later. Completion releases the ledger entry.
+
+With the cost-model executor, stretches where a replica only decodes run as multi-step engine
+runs (``SimConfig.multi_step``, see :mod:`replica_agent.engine.decode_run`): one light event per
+step and the per-token work done in bulk when the replica is next observed, with results identical
+to stepping one plan at a time.
 """
 
 from __future__ import annotations
@@ -14,9 +19,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from protos.block_hash import BlockHasher
+from replica_agent.engine.decode_run import DecodeRun
 from replica_agent.engine.request import RequestSpec
-from replica_agent.engine.request import Sequence as EngineSequence
 from replica_agent.engine.step import RequestOutput, StepPlan, StepResult
+from replica_agent.executors.cost_executor import CostModelExecutor
 from router.policy.profile import Profile
 from router.sim.events import (
     Admit,
@@ -26,6 +32,7 @@ from router.sim.events import (
     Event,
     EventQueue,
     PublishSnapshot,
+    RunStepDone,
     StepDone,
     Wake,
 )
@@ -43,6 +50,8 @@ class SimConfig:
     snapshot_staleness_s: float = 0.0
     client_max_tokens: int = 4096
     seed: int = 0
+    # Run decode-only stretches as multi-step engine runs: same results, much faster.
+    multi_step: bool = True
 
     def __post_init__(self) -> None:
         if self.router_latency_s < 0 or self.snapshot_staleness_s < 0:
@@ -62,6 +71,7 @@ class _Node:
     kv_util_sum: float = 0.0
     kv_samples: int = 0
     busy_s: float = 0.0  # virtual seconds spent stepping, for the energy report
+    run_step_s: float = 0.0  # duration of the engine's decode-run step in flight
 
     def stats(self) -> ReplicaStats:
         engine = self.member.replica.engine
@@ -141,6 +151,10 @@ class Simulator:
     # -- events -----------------------------------------------------------------------------
     def _handle(self, now: float, event: Event) -> None:
         match event:
+            case RunStepDone(replica):  # the most frequent events first
+                self._on_run_step_done(replica, now)
+            case StepDone(replica, plan, result):
+                self._on_step_done(replica, plan, result, now)
             case Arrival(index):
                 self._on_arrival(index, now)
             case Admit(index, replica):
@@ -148,8 +162,6 @@ class Simulator:
             case Wake(replica):
                 self.nodes[replica].wake_pending = False
                 self._start_step(replica, now)
-            case StepDone(replica, plan, result):
-                self._on_step_done(replica, plan, result, now)
             case PublishSnapshot(replica):
                 self._publish(replica, now)
             case DeliverSnapshot(snapshot):
@@ -199,31 +211,66 @@ class Simulator:
         if node.busy:
             return
         replica_parts = node.member.replica
+        executor = replica_parts.executor
+        if self.config.multi_step and type(executor) is CostModelExecutor:
+            # The cost-model executor's tokens are known in advance: steps that only decode run
+            # as one engine-side run, one cheap event per step, with the same times and state.
+            run = replica_parts.engine.start_decode_run(executor.tokens_at)
+            if run is not None:
+                node.busy = True
+                self._start_run_step(replica, node, executor, run, now)
+                return
         plan = replica_parts.engine.schedule(now)
         if plan is None:
             return
         node.busy = True
-        result = replica_parts.executor.execute(plan)
+        result = executor.execute(plan)
         node.busy_s += result.duration_s
         self.queue.push(now + result.duration_s, StepDone(replica, plan, result))
+
+    def _start_run_step(
+        self, replica: int, node: _Node, executor: CostModelExecutor, run: DecodeRun, now: float
+    ) -> None:
+        duration = executor.cost_model.decode_batch_seconds(run.batch_size, run.context_tokens())
+        node.run_step_s = duration
+        node.busy_s += duration
+        self.queue.push(now + duration, RunStepDone(replica))
+
+    def _on_run_step_done(self, replica: int, now: float) -> None:
+        node = self.nodes[replica]
+        replica_parts = node.member.replica
+        engine = replica_parts.engine
+        node.busy = False
+        for output in engine.finish_decode_step(now, node.run_step_s):
+            # a run's requests all have their first token already
+            self._finish(self._by_id[output.request_id], replica, output, now)
+        run = engine.decode_run
+        if run is None:
+            self._start_step(replica, now)
+            return
+        executor = replica_parts.executor
+        if not isinstance(executor, CostModelExecutor):
+            raise TypeError("a decode run needs the cost-model executor")
+        node.busy = True
+        self._start_run_step(replica, node, executor, run, now)
 
     def _on_step_done(self, replica: int, plan: StepPlan, result: StepResult, now: float) -> None:
         node = self.nodes[replica]
         engine = node.member.replica.engine
-        preemptions = {c.request_id: _preemptions(engine.get(c.request_id)) for c in plan.chunks}
         overhead = node.member.replica.cost_model.request_overhead_s
         node.busy = False
-        for output in engine.update(plan, result, now):
-            index = self._by_id[output.request_id]
-            request = self._open[index]
+        by_id, open_requests = self._by_id, self._open
+        for output in engine.update(plan, result, now, notable_only=True):
+            index = by_id[output.request_id]
+            request = open_requests[index]
             if request.first_token_s is None:
                 request.first_token_s = now
                 self.router.first_token(request, now - request.spec.arrival_time + overhead)
             if output.finished:
-                self._finish(index, replica, output, preemptions[output.request_id], now)
+                self._finish(index, replica, output, now)
         self._start_step(replica, now)
 
-    def _finish(self, index: int, replica: int, output: RequestOutput, preemptions: int, now: float) -> None:
+    def _finish(self, index: int, replica: int, output: RequestOutput, now: float) -> None:
         node = self.nodes[replica]
         request = self._open[index]
         overhead = node.member.replica.cost_model.request_overhead_s
@@ -240,7 +287,7 @@ class Simulator:
                 prompt_tokens=output.num_prompt_tokens,
                 cached_tokens=output.num_cached_tokens,
                 output_tokens=output.num_output_tokens,
-                preemptions=preemptions,
+                preemptions=output.num_preemptions,
                 finish_reason=output.finish_reason or "",
             )
         )
@@ -277,7 +324,3 @@ class Simulator:
         """Requests left when no event remains (an engine that never scheduled them)."""
         for index in sorted(self._open):
             self._drop(index, "stalled: the engine never finished it")
-
-
-def _preemptions(sequence: EngineSequence | None) -> int:
-    return 0 if sequence is None else sequence.num_preemptions

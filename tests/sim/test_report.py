@@ -55,6 +55,7 @@ def test_energy_counts_busy_and_idle_power_over_the_makespan() -> None:
     assert result.energy_by_gpu_j() == {"a100-80gb": pytest.approx(expected)}
     summary = result.summary()
     assert summary["energy_j_per_token"] == pytest.approx(expected / 22)
+    assert summary["energy_j_a100-80gb"] == pytest.approx(expected)
     assert "ttft_p90" in summary
 
 

@@ -312,7 +312,8 @@ async def measure(quick: bool) -> dict[str, Any]:
     sizes = Sizes(ttft_pairs=100, load_requests=300, warmup=20) if quick else Sizes(1000, 2000, 100)
     results: dict[str, Any] = {"sizes": sizes.__dict__, "repeats": REPEATS, "cpus": os.cpu_count(),
                                "concurrency": LOAD_CONCURRENCY, "answer_tokens": ANSWER_TOKENS,
-                               "shaping": shaping_costs(), "policies": {}}  # fmt: skip
+                               "loadavg_before": os.getloadavg()[0], "shaping": shaping_costs(),
+                               "policies": {}}  # fmt: skip
     with (
         tempfile.TemporaryDirectory(prefix="proxy-overhead-") as scratch,
         fake_process(Path(scratch)) as fake,
@@ -359,18 +360,21 @@ def where_time_goes(policies: dict[str, Any], shaping: list[dict[str, float]]) -
     )
     if missed:
         text += (
-            " Each chunk crosses the whole Python path: the upstream SSE line is read, decoded and "
-            "parsed as JSON, turned into an event that climbs six nested async generators (SSE "
-            "reader, chunk parser with an idle timeout re-armed per chunk, replica client, two "
-            "dispatcher layers, front door), encoded to JSON again and written with a socket send "
-            "of its own. The per-request part is HTTP handling on both sides (request parsing, "
-            "upstream request and headers), tokenizing and hashing the prompt, the policy "
-            "decision, metrics and an access-log line; TTFT at concurrency 1 pays for that part "
-            "plus one more loopback hop."
+            " Per chunk, the router reads what the socket holds and splits it into events; each event "
+            "is still JSON-parsed (to count tokens and catch the finish reason, usage and errors) and "
+            "re-encoded from a template made once per answer, and the events of one read climb the "
+            "async generators (replica client, attempt, dispatcher, front door) together and leave "
+            "with one write. The per-request part is HTTP handling (aiohttp parsing the client's "
+            "request and sending the response head; the router's own HTTP/1.1 client writing the "
+            "upstream request on a kept-alive connection and parsing the answer's head), the event "
+            "loop, tokenizing and hashing the prompt, the policy decision and cluster bookkeeping, "
+            "tracing spans and metrics. TTFT at concurrency 1 pays for that part plus one more "
+            "loopback hop."
         )
     short_prompt, long_prompt = shaping
     text += (
-        f" The prompt here is {short_prompt['prompt_tokens']:.0f} tokens; tokenizing and hashing it takes "
+        f" The prompt here is {short_prompt['prompt_tokens']:.0f} tokens; tokenizing (ids of pieces seen "
+        f"before come from a table) and hashing it takes "
         f"{short_prompt['us']:.0f} µs in-process, and since that grows with the prompt "
         f"({long_prompt['us']:.0f} µs at {long_prompt['prompt_tokens']:.0f} tokens), long prompts add "
         "to the per-request part."
@@ -405,6 +409,12 @@ def report(results: dict[str, Any]) -> str:
         "machines. The router's CPU includes its own background work during the run (scraping the "
         "backend's `/metrics` every 150 ms, health checks, the idle gRPC server)."
     )
+    load = results.get("loadavg_before")
+    if load is not None:
+        caveat += (
+            f" The load average just before the run was {load:.1f} on {results['cpus']} cores; other "
+            "work on the machine inflates the latencies most."
+        )
     if short:
         caveat += f" {short} routed answers did not carry the number of text chunks asked for."
     parts = [

@@ -1,6 +1,7 @@
-"""Run every engine benchmark in turn: ``python -m benchmarks.run_all [--quick]``.
+"""Run every benchmark in turn: ``python -m benchmarks.run_all [--quick]``.
 
-Full runs rewrite benchmarks/results/ (a few minutes on 2 cores); ``--quick`` runs small versions
+Full runs rewrite benchmarks/results/ (about half an hour on 2 cores, most of it the simulator's
+policy comparison); ``--quick`` runs small versions
 of each, prints them and saves nothing.
 """
 
@@ -23,6 +24,10 @@ SUITE = (
     "agent_overhead",
     "decision_latency",
     "proxy_overhead",
+    "sim_fidelity",
+    "sim_speed",
+    "sim_policies",
+    "sim_sensitivity",
 )
 
 

@@ -9,13 +9,15 @@ Reads both ``{"error": {"message": ...}}`` and older vLLM's flat ``{"object": "e
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, AsyncIterable
+from collections.abc import AsyncGenerator, AsyncIterable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from protos.generation import GenerateInput, Usage
 
 DONE = "[DONE]"
+# The decoder's C scanner (untyped in typeshed): one JSON value from a position, and where it ended.
+_scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 class StreamedError(Exception):
@@ -96,12 +98,49 @@ async def sse_data(lines: AsyncIterable[bytes]) -> AsyncGenerator[str, None]:
         yield "\n".join(pending)
 
 
+class SseDecoder:
+    """Server-sent events from body bytes as they arrive, for readers that take whatever the socket
+    has rather than a line at a time: :meth:`feed` returns the ``data`` of every event completed by
+    the new bytes, :meth:`finish` what the end of the body completes. Same events as :func:`sse_data`."""
+
+    __slots__ = ("_pending", "_rest")
+
+    def __init__(self) -> None:
+        self._rest = b""
+        self._pending: list[str] = []
+
+    def feed(self, data: bytes) -> list[str]:
+        if self._rest:
+            data = self._rest + data
+        cut = data.rfind(b"\n") + 1
+        self._rest = data[cut:]
+        if not cut:
+            return []
+        events: list[str] = []
+        pending = self._pending
+        for raw in data[:cut].decode("utf-8").split("\n")[:-1]:
+            line = raw.rstrip("\r")
+            if not line:
+                if pending:
+                    events.append("\n".join(pending))
+                    pending.clear()
+            elif line.startswith("data:"):
+                pending.append(line[6:] if line.startswith("data: ") else line[5:])
+        return events
+
+    def finish(self) -> list[str]:
+        rest, self._rest = self._rest, b""
+        events = self.feed(rest + b"\n") if rest else []
+        if self._pending:
+            events.append("\n".join(self._pending))
+            self._pending.clear()
+        return events
+
+
 def parse_chunk(data: str) -> StreamChunk:
     """One stream chunk; :class:`StreamedError` for an error object, ``ValueError`` for anything
     that is not a chunk."""
-    chunk = json.loads(data)
-    if not isinstance(chunk, dict):
-        raise ValueError("a stream chunk is not a JSON object")
+    chunk = _json_object(data)
     if isinstance(chunk.get("error"), dict) or chunk.get("object") == "error":
         error = chunk.get("error", chunk)
         code = error.get("code")
@@ -120,6 +159,19 @@ def parse_chunk(data: str) -> StreamChunk:
         finish_reason=reason if isinstance(reason, str) else None,
         usage=parse_usage(usage) if isinstance(usage, dict) else None,
     )
+
+
+def _json_object(data: str) -> dict[str, Any]:
+    # The C scanner alone where the data is one bare object: json.loads adds two regex passes.
+    try:
+        value, end = _scan_json(data, 0)
+    except StopIteration:
+        value, end = None, -1
+    if end != len(data):
+        value = json.loads(data)  # whitespace around it, or the error message for what it is
+    if not isinstance(value, dict):
+        raise ValueError("a stream chunk is not a JSON object")
+    return value
 
 
 def parse_usage(usage: dict[str, Any]) -> Usage:

@@ -17,12 +17,36 @@ from protos.text import ApproxTokenizer, Tokenizer, render_chat
 from replica_agent.executors.gpu_profiles import get_model_profile, model_profile_names
 
 APPROX_VOCAB_SIZE = 32000
+MAX_MEMO_PIECES = 1 << 16
 
 
 def default_tokenizer(model: str) -> Tokenizer:
     """The approximate tokenizer with the vocabulary the built-in engine uses for ``model``."""
     vocab = get_model_profile(model).vocab_size if model in model_profile_names() else APPROX_VOCAB_SIZE
     return ApproxTokenizer(vocab_size=vocab)
+
+
+class _PieceMemo:
+    """:class:`ApproxTokenizer` ids with each distinct piece hashed once: a piece's id depends on
+    the piece alone (and a piece tokenizes to itself), so a table gives the same ids. Bounded: it
+    starts over when full."""
+
+    __slots__ = ("_ids", "_tokenizer")
+
+    def __init__(self, tokenizer: ApproxTokenizer) -> None:
+        self._tokenizer = tokenizer
+        self._ids: dict[str, int] = {}
+
+    def encode(self, text: str) -> list[int]:
+        ids, tokens = self._ids, []
+        for piece in self._tokenizer.pieces(text):
+            token = ids.get(piece)
+            if token is None:
+                if len(ids) >= MAX_MEMO_PIECES:
+                    ids.clear()
+                token = ids[piece] = self._tokenizer.encode(piece)[0]
+            tokens.append(token)
+        return tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +64,7 @@ class RequestShaper:
         hash_seed: int = DEFAULT_HASH_SEED,
     ) -> None:
         self._tokenizers = dict(tokenizers or {})
+        self._memos: dict[str, _PieceMemo] = {}
         self._hasher = BlockHasher(block_size, hash_seed)
 
     def tokenizer(self, model: str) -> Tokenizer:
@@ -52,21 +77,46 @@ class RequestShaper:
         if request.prompt_token_ids:
             return request.prompt_token_ids
         text = render_chat(request.messages) if request.messages else (request.prompt or "")
-        return tuple(self.tokenizer(request.model).encode(text))
+        memo = self._memos.get(request.model)
+        if memo is not None:
+            return tuple(memo.encode(text))
+        tokenizer = self.tokenizer(request.model)
+        if type(tokenizer) is ApproxTokenizer:
+            self._memos[request.model] = _PieceMemo(tokenizer)
+        return tuple(tokenizer.encode(text))
 
-    def shape(self, request: GenerateInput, now: float, tenant: str | None = None) -> ShapedRequest:
+    def shape(
+        self,
+        request: GenerateInput,
+        now: float,
+        tenant: str | None = None,
+        predictor: OutputLengthPredictor | None = None,
+    ) -> ShapedRequest:
+        """The request as policies see it, with ``predictor``'s estimate of its length when given."""
         tokens = self.prompt_tokens(request)
-        hashes = self._hasher.hash_tokens(tokens)
+        hashes = tuple(self._hasher.hash_tokens(tokens))
         routing = RoutingRequest(
             request_id=request.request_id,
             model=request.model,
             prompt_tokens=len(tokens),
-            block_hashes=tuple(hashes),
+            block_hashes=hashes,
             max_tokens=request.max_tokens,
             arrival_time=now,
             priority=request.priority,
         )
         features = PredictorFeatures.from_request(routing, tenant=tenant, prompt_text=request.prompt)
+        if predictor is not None:
+            # Built again rather than dataclasses.replace'd: replace costs as much as the rest here.
+            routing = RoutingRequest(
+                request_id=request.request_id,
+                model=request.model,
+                prompt_tokens=len(tokens),
+                block_hashes=hashes,
+                max_tokens=request.max_tokens,
+                predicted=predictor.predict(features),
+                arrival_time=now,
+                priority=request.priority,
+            )
         return ShapedRequest(routing, features, tokens)
 
     @staticmethod

@@ -7,9 +7,10 @@ cache-aware routing, a bandit) may be a single scorer with a max-score picker.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from functools import partial
+from typing import NamedTuple, Protocol
 
 from protos.routing import RoutingRequest
 from router.policy.view import ClusterView, ReplicaLoad
@@ -35,11 +36,24 @@ class Scorer(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class CandidateScore:
+class CandidateScore(NamedTuple):
+    """One candidate's score: immutable, and a named tuple so that a decision can build dozens of
+    them at the cost of tuples."""
+
     replica_id: str
     total: float
     parts: tuple[tuple[str, float], ...]  # (scorer name, its score) before weighting
+
+
+_NEW_SCORE = partial(tuple.__new__, CandidateScore)
+
+
+def candidate_scores(
+    replica_ids: Iterable[str], totals: Iterable[float], parts: Iterable[tuple[tuple[str, float], ...]]
+) -> tuple[CandidateScore, ...]:
+    """``CandidateScore(replica_ids[i], totals[i], parts[i])`` for every i, built in bulk."""
+    scores: tuple[CandidateScore, ...] = tuple(map(_NEW_SCORE, zip(replica_ids, totals, parts, strict=True)))
+    return scores
 
 
 @dataclass(frozen=True, slots=True)

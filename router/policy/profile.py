@@ -1,7 +1,8 @@
 """A policy profile: filters in order, then weighted scorers, then a picker (DESIGN.md section 4.4).
 
-``Profile.decide`` is on every request's path, so it is plain loops over the candidates; the
-plugins do the thinking. Totals are the weighted sum of the clamped scores divided by the total
+``Profile.decide`` is on every request's path, so it works a column (one value per candidate) at a
+time and builds the score records in bulk rather than looping over the candidates once per scorer;
+the plugins do the thinking. Totals are the weighted sum of the clamped scores divided by the total
 weight, so they stay in [0, 1] whatever the weights.
 """
 
@@ -9,11 +10,12 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 
 from protos.routing import RoutingRequest
-from router.policy.plugin import CandidateScore, Filter, Picker, RouteDecision, Scorer
+from router.policy.plugin import Filter, Picker, RouteDecision, Scorer, candidate_scores
 from router.policy.view import ClusterView, ReplicaLoad
 
 
@@ -61,12 +63,13 @@ class Profile:
         for step in self.filters:
             kept = step.filter(request, candidates, view)
             if len(kept) < len(candidates):
-                kept_ids = {r.replica_id for r in kept}
-                removed.extend((r.replica_id, step.name) for r in candidates if r.replica_id not in kept_ids)
+                removed.extend(_dropped(candidates, kept, step.name))
             if not kept:
                 return self._nothing(request, removed, f"no replica left after filter {step.name!r}")
             candidates = kept
-        scores = self._score(request, candidates, view)
+        replica_ids = [r.replica_id for r in candidates]
+        totals, parts = self._score(request, candidates, replica_ids, view)
+        scores = candidate_scores(replica_ids, totals, parts)
         chosen = self.picker.pick(scores, rng)
         return RouteDecision(
             request.request_id,
@@ -74,45 +77,78 @@ class Profile:
             chosen,
             scores,
             tuple(removed),
-            self._reason(chosen, scores, removed),
+            self._reason(chosen, replica_ids, totals, removed),
         )
 
     def _score(
-        self, request: RoutingRequest, candidates: Sequence[ReplicaLoad], view: ClusterView
-    ) -> tuple[CandidateScore, ...]:
+        self,
+        request: RoutingRequest,
+        candidates: Sequence[ReplicaLoad],
+        replica_ids: list[str],
+        view: ClusterView,
+    ) -> tuple[list[float], Iterable[tuple[tuple[str, float], ...]]]:
+        """Each candidate's total and its (scorer name, clamped score) parts, in candidate order."""
+        count = len(replica_ids)
         if not self.scorers:
-            return tuple([CandidateScore(r.replica_id, 0.0, ()) for r in candidates])
-        maps = [s.scorer.score(request, candidates, view) for s in self.scorers]
-        if len(maps) == 1:
-            return _single_scorer(candidates, self._names[0], maps[0], self._total_weight > 0)
-        weighted_maps = list(zip(self._names, self._weights, maps, strict=True))
+            return [0.0] * count, repeat((), count)
+        columns = [_column(s.scorer.score(request, candidates, view), replica_ids) for s in self.scorers]
+        named = (zip(repeat(name), column) for name, column in zip(self._names, columns, strict=True))
+        parts = zip(*named, strict=True)
         total_weight = self._total_weight
-        scores = []
-        for replica in candidates:
-            replica_id = replica.replica_id
-            parts = []
-            weighted = 0.0
-            for name, weight, scores_by_id in weighted_maps:
-                value = scores_by_id.get(replica_id, 0.0)
-                if not 0.0 <= value <= 1.0:
-                    value = _clamped(value)
-                parts.append((name, value))
-                weighted += weight * value
-            total = weighted / total_weight if total_weight else 0.0
-            scores.append(CandidateScore(replica_id, total, tuple(parts)))
-        return tuple(scores)
+        if not total_weight:
+            return [0.0] * count, parts
+        if len(columns) == 1:
+            return columns[0], parts
+        # Summed scorer by scorer, in the profile's order, as a per-candidate loop would.
+        weights = self._weights
+        if len(columns) == 2:
+            w0, w1 = weights
+            return [(w0 * a + w1 * b) / total_weight for a, b in zip(*columns, strict=True)], parts
+        if len(columns) == 3:
+            w0, w1, w2 = weights
+            totals = [(w0 * a + w1 * b + w2 * c) / total_weight for a, b, c in zip(*columns, strict=True)]
+            return totals, parts
+        weighted = [weights[0] * value for value in columns[0]]
+        for weight, column in zip(weights[1:], columns[1:], strict=True):
+            weighted = [w + weight * value for w, value in zip(weighted, column, strict=True)]
+        return [w / total_weight for w in weighted], parts
 
     def _nothing(self, request: RoutingRequest, removed: list[tuple[str, str]], reason: str) -> RouteDecision:
         return RouteDecision(request.request_id, self.name, None, (), tuple(removed), reason)
 
     def _reason(
-        self, chosen: str | None, scores: Sequence[CandidateScore], removed: Sequence[tuple[str, str]]
+        self,
+        chosen: str | None,
+        replica_ids: list[str],
+        totals: Sequence[float],
+        removed: Sequence[tuple[str, str]],
     ) -> str:
         dropped = f"; {len(removed)} filtered out" if removed else ""
         if chosen is None:
-            return f"{self.picker.name} chose none of {len(scores)} candidates{dropped}"
-        total = next((s.total for s in scores if s.replica_id == chosen), 0.0)
-        return f"{self.picker.name} chose {chosen} (score {total:.3f}) of {len(scores)} candidates{dropped}"
+            return f"{self.picker.name} chose none of {len(replica_ids)} candidates{dropped}"
+        total = totals[replica_ids.index(chosen)] if chosen in replica_ids else 0.0
+        return (
+            f"{self.picker.name} chose {chosen} (score {total:.3f}) of {len(replica_ids)} candidates{dropped}"
+        )
+
+
+def _dropped(
+    candidates: Sequence[ReplicaLoad], kept: Sequence[ReplicaLoad], filter_name: str
+) -> list[tuple[str, str]]:
+    """(replica id, filter name) of each candidate not in ``kept``, in order."""
+    # Filters keep candidates in order, as the same objects: one walk finds the dropped ones.
+    dropped = []
+    remaining = iter(kept)
+    next_kept = next(remaining, None)
+    for replica in candidates:
+        if replica is next_kept:
+            next_kept = next(remaining, None)
+        else:
+            dropped.append((replica.replica_id, filter_name))
+    if next_kept is None:
+        return dropped
+    kept_ids = {r.replica_id for r in kept}  # a filter that reorders or copies: match by id
+    return [(r.replica_id, filter_name) for r in candidates if r.replica_id not in kept_ids]
 
 
 def _clamped(value: float) -> float:
@@ -121,14 +157,17 @@ def _clamped(value: float) -> float:
     return 1.0 if value > 1.0 else 0.0  # NaN lands here too, as 0
 
 
-def _single_scorer(
-    candidates: Sequence[ReplicaLoad], name: str, scores: Mapping[str, float], weighted: bool
-) -> tuple[CandidateScore, ...]:
-    result = []
-    for replica in candidates:
-        replica_id = replica.replica_id
-        value = scores.get(replica_id, 0.0)
-        if not 0.0 <= value <= 1.0:
-            value = _clamped(value)
-        result.append(CandidateScore(replica_id, value if weighted else 0.0, ((name, value),)))
-    return tuple(result)
+def _column(scores: Mapping[str, float], replica_ids: list[str]) -> list[float]:
+    """The scores in candidate order, 0 for a missing id, clamped to [0, 1]."""
+    if type(scores) is dict and len(scores) == len(replica_ids) and list(scores) == replica_ids:
+        values = list(scores.values())  # the usual case: a dict built in candidate order
+    else:
+        values = list(map(scores.get, replica_ids, repeat(0.0)))
+    return _clamped_all(values)
+
+
+def _clamped_all(values: list[float]) -> list[float]:
+    # min/max can step over a NaN; the sum cannot.
+    if not values or (min(values) >= 0.0 and max(values) <= 1.0 and not math.isnan(sum(values))):
+        return values
+    return [value if 0.0 <= value <= 1.0 else _clamped(value) for value in values]

@@ -7,8 +7,9 @@ views the same way, so policies cannot tell production from simulation.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Protocol
 
 from replica_agent.executors.cost_model import StepCostModel
@@ -99,6 +100,9 @@ class ReplicaLoad:
 
 
 class PrefixLookup(Protocol):
+    """A lookup may also offer ``match_blocks_many(replica_ids, block_hashes) -> list[int]``, the
+    same answers for many replicas in one call; :func:`match_counts` uses it when present."""
+
     def match_blocks(self, replica_id: str, block_hashes: Sequence[int]) -> int:
         """How many leading blocks of ``block_hashes`` the replica holds in its prefix cache."""
         ...
@@ -108,6 +112,21 @@ class NoPrefixIndex:
     def match_blocks(self, replica_id: str, block_hashes: Sequence[int]) -> int:
         return 0
 
+    def match_blocks_many(self, replica_ids: Sequence[str], block_hashes: Sequence[int]) -> list[int]:
+        return [0] * len(replica_ids)
+
+
+def match_counts(prefix: PrefixLookup, replica_ids: Sequence[str], block_hashes: Sequence[int]) -> list[int]:
+    """``prefix.match_blocks(replica_id, block_hashes)`` for each replica id, in order."""
+    if not block_hashes:
+        return [0] * len(replica_ids)
+    many: Callable[[Sequence[str], Sequence[int]], list[int]] | None = getattr(
+        prefix, "match_blocks_many", None
+    )
+    if many is not None:
+        return many(replica_ids, block_hashes)
+    return list(map(prefix.match_blocks, replica_ids, repeat(block_hashes)))
+
 
 @dataclass(frozen=True, slots=True)
 class ClusterView:
@@ -115,6 +134,13 @@ class ClusterView:
     time: float
     prefix: PrefixLookup = field(default_factory=NoPrefixIndex)
     version: int = 0
+    _by_id: dict[str, ReplicaLoad] | None = field(default=None, init=False, repr=False, compare=False)
 
     def get(self, replica_id: str) -> ReplicaLoad | None:
-        return next((r for r in self.replicas if r.replica_id == replica_id), None)
+        """The replica with this id (the first, should two share it), or None."""
+        by_id = self._by_id
+        if by_id is None:
+            # Built on first use, reversed so that the first of equal ids wins.
+            by_id = {r.replica_id: r for r in reversed(self.replicas)}
+            object.__setattr__(self, "_by_id", by_id)
+        return by_id.get(replica_id)

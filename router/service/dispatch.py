@@ -75,12 +75,14 @@ class Dispatcher:
         self.settings = settings or DispatchSettings()
         self._clock = clock
         self._rng = rng or random.Random(0)
+        # Looked up once: a proxy that follows whatever tracer provider is set later.
+        self._tracer = trace.get_tracer("fleetroute.router")
 
     # -- deciding -----------------------------------------------------------------------------
     def decide(self, request: GenerateInput) -> tuple[ShapedRequest, RouteDecision, ClusterView]:
         now = self._clock()
         started = time.perf_counter()
-        shaped = self.shaper.with_prediction(self.shaper.shape(request, now), self.predictor)
+        shaped = self.shaper.shape(request, now, predictor=self.predictor)
         view = self.cluster.view(now)
         decision = self.policy.decide(shaped.routing, view, self._rng)
         self.metrics.decision(self.policy.name, time.perf_counter() - started)
@@ -112,6 +114,17 @@ class Dispatcher:
 
     # -- dispatching --------------------------------------------------------------------------
     async def generate(self, request: GenerateInput) -> AsyncIterator[GenerateEvent]:
+        batches = self.generate_batches(request)
+        try:
+            async for batch in batches:
+                for event in batch:
+                    yield event
+        finally:
+            await batches.aclose()
+
+    async def generate_batches(self, request: GenerateInput) -> AsyncGenerator[list[GenerateEvent], None]:
+        """:meth:`generate`, the events that came from the replica together in one list, so a front
+        door can pass them on with one write."""
         if request.max_tokens < 1:
             raise InvalidRequestError(
                 f"max_tokens must be at least 1, got {request.max_tokens}", "max_tokens"
@@ -119,7 +132,7 @@ class Dispatcher:
         if self.cluster.ledger.entry(request.request_id) is not None:
             raise InvalidRequestError(f"request id {request.request_id!r} is already in flight")
         shaped, decision, view = self.decide(request)
-        span = start_request_span("router.route", request, "dispatch", trace.get_tracer("fleetroute.router"))
+        span = start_request_span("router.route", request, "dispatch", self._tracer)
         _describe_decision(span, decision)
         try:
             refusal = self._refusal(request, decision, view)
@@ -127,52 +140,45 @@ class Dispatcher:
                 self.metrics.rejected(self.policy.name, refusal.kind)
                 span.set_status(Status(StatusCode.ERROR, refusal.message))
                 raise refusal
-            attempts = self._dispatch(continue_trace(request, span), shaped, decision, view, span)
-            try:
-                async for event in attempts:
-                    yield event
-            finally:
-                await attempts.aclose()  # a client that left closes this generator, not the inner one
+            request = continue_trace(request, span)
+            candidates = [rid for rid in decision.ranked if rid in self.clients][: self.settings.max_attempts]
+            started = self._clock()
+            last_error: ReplicaCallError | None = None
+            for attempt, replica_id in enumerate(candidates):
+                if attempt:
+                    self.metrics.retried(self.policy.name)
+                    span.add_event(
+                        "retry", {"fleetroute.replica": replica_id, "fleetroute.attempt": attempt + 1}
+                    )
+                    await asyncio.sleep(self.settings.retry_backoff_s * 2 ** (attempt - 1))
+                outcome = _Attempt(self, shaped, replica_id, view.get(replica_id), started)
+                stream = outcome.stream(request)
+                try:
+                    async for batch in stream:
+                        yield batch
+                    return
+                except ReplicaCallError as error:
+                    last_error = error
+                    if outcome.sent_tokens or not error.retryable:
+                        span.set_status(Status(StatusCode.ERROR, error.message))
+                        raise _client_error(error) from None
+                    log.info(
+                        "replica %s refused %s before its first token: %s",
+                        replica_id, request.request_id, error,
+                    )  # fmt: skip
+                finally:
+                    await stream.aclose()  # a client that left closes this generator, not the inner one
+            span.set_status(Status(StatusCode.ERROR, "no replica could take the request"))
+            if last_error is not None:
+                raise _client_error(last_error)
+            raise NoReplicaError("no replica could take the request")
         finally:
             span.end()
 
-    async def _dispatch(
-        self,
-        request: GenerateInput,
-        shaped: ShapedRequest,
-        decision: RouteDecision,
-        view: ClusterView,
-        span: Span,
-    ) -> AsyncGenerator[GenerateEvent, None]:
-        candidates = [rid for rid in decision.ranked if rid in self.clients][: self.settings.max_attempts]
-        started = self._clock()
-        last_error: ReplicaCallError | None = None
-        for attempt, replica_id in enumerate(candidates):
-            if attempt:
-                self.metrics.retried(self.policy.name)
-                span.add_event("retry", {"fleetroute.replica": replica_id, "fleetroute.attempt": attempt + 1})
-                await asyncio.sleep(self.settings.retry_backoff_s * 2 ** (attempt - 1))
-            outcome = _Attempt(self, shaped, replica_id, view.get(replica_id), started)
-            stream = outcome.stream(request)
-            try:
-                async for event in stream:
-                    yield event
-                return
-            except ReplicaCallError as error:
-                last_error = error
-                if outcome.sent_tokens or not error.retryable:
-                    span.set_status(Status(StatusCode.ERROR, error.message))
-                    raise _client_error(error) from None
-                log.info(
-                    "replica %s refused %s before its first token: %s", replica_id, request.request_id, error
-                )
-            finally:
-                await stream.aclose()
-        span.set_status(Status(StatusCode.ERROR, "no replica could take the request"))
-        raise _client_error(last_error) if last_error else NoReplicaError("no replica could take the request")
-
 
 def _describe_decision(span: Span, decision: RouteDecision) -> None:
+    if not span.is_recording():  # tracing is off: the attributes would be dropped anyway
+        return
     span.set_attribute("fleetroute.policy", decision.policy)
     span.set_attribute("fleetroute.replica", decision.replica_id or "")
     span.set_attribute("fleetroute.reason", decision.reason)
@@ -199,7 +205,7 @@ class _Attempt:
         self.sent_tokens = 0
         self.first_token_at: float | None = None
 
-    async def stream(self, request: GenerateInput) -> AsyncGenerator[GenerateEvent, None]:
+    async def stream(self, request: GenerateInput) -> AsyncGenerator[list[GenerateEvent], None]:
         d, routing = self.d, self.shaped.routing
         client = d.clients.get(self.replica_id)
         if client is None:  # removed from the fleet since the decision
@@ -220,18 +226,19 @@ class _Attempt:
         )
         status = "error"
         final: GenerateEvent | None = None
-        events = client.generate(request)
+        batches = _event_batches(client, request)
         try:
-            async for event in events:
-                if self.first_token_at is None and (event.token_ids or event.text or event.finished):
-                    self.first_token_at = d._clock()
-                    self._observe_ttft(uncached)
-                self.sent_tokens += len(event.token_ids) or (1 if event.text else 0)
-                if event.finished:
-                    # Settled before the yield: front doors stop at the final event and close this stream.
-                    final, status = event, event.finish_reason or "stop"
-                    d.cluster.record_success(self.replica_id, d._clock())
-                yield event
+            async for batch in batches:
+                for event in batch:
+                    if self.first_token_at is None and (event.token_ids or event.text or event.finished):
+                        self.first_token_at = d._clock()
+                        self._observe_ttft(uncached)
+                    self.sent_tokens += len(event.token_ids) or (1 if event.text else 0)
+                    if event.finished:
+                        # Settled before the yield: front doors stop at the final event and close this stream.
+                        final, status = event, event.finish_reason or "stop"
+                        d.cluster.record_success(self.replica_id, d._clock())
+                yield batch
             if final is None:
                 status = "incomplete"
                 d.cluster.record_success(self.replica_id, d._clock())
@@ -245,9 +252,7 @@ class _Attempt:
                 status = "client_gone"
             raise
         finally:
-            close = getattr(events, "aclose", None)
-            if close is not None:
-                await close()
+            await batches.aclose()
             d.cluster.release(request.request_id)
             self._record(status, final)
 
@@ -276,6 +281,27 @@ class _Attempt:
         d.metrics.finished(d.policy.name, self.replica_id, status, ttft, end - self.started, completion)
         if final is not None and final.usage is not None and d.predictor is not None:
             d.predictor.observe(self.shaped.features, final.usage.completion_tokens)
+
+
+def _event_batches(
+    client: ReplicaClient, request: GenerateInput
+) -> AsyncGenerator[list[GenerateEvent], None]:
+    """The client's answer in batches: its own where it reads them so (HTTP), else one per event."""
+    generate_batches = getattr(client, "generate_batches", None)
+    if generate_batches is not None:
+        batches: AsyncGenerator[list[GenerateEvent], None] = generate_batches(request)
+        return batches
+    return _one_by_one(client.generate(request))
+
+
+async def _one_by_one(events: AsyncIterator[GenerateEvent]) -> AsyncGenerator[list[GenerateEvent], None]:
+    try:
+        async for event in events:
+            yield [event]
+    finally:
+        close = getattr(events, "aclose", None)
+        if close is not None:
+            await close()
 
 
 def _client_error(error: ReplicaCallError | None) -> AgentError:

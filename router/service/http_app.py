@@ -11,13 +11,13 @@ import hmac
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 from pydantic import ValidationError
 
-from protos.generation import GenerateEvent, GenerateInput, InvalidRequestError, ModelNotFoundError
+from protos.generation import InvalidRequestError, ModelNotFoundError
 from protos.text import render_chat
 from replica_agent.service.http_errors import error_middleware, json_response
 from replica_agent.service.openai_responses import error_json
@@ -29,6 +29,7 @@ from replica_agent.service.openai_schema import (
     parse_body,
 )
 from replica_agent.service.openai_stream import serve_generation
+from replica_agent.service.tracing import agent_tracer
 from router.config import ReplicaConfig
 from router.service.replica_client import ReplicaCallError
 
@@ -70,6 +71,8 @@ class _RouterRoutes:
     def __init__(self, router: Router) -> None:
         self.router = router
         self.started = int(time.time())
+        # Looked up once: a proxy that follows whatever tracer provider is set later.
+        self.tracer = agent_tracer()
 
     @web.middleware
     async def authorize(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -114,9 +117,6 @@ class _RouterRoutes:
     async def _generate(
         self, request: web.Request, body: CompletionBody | ChatBody, model: str, max_tokens: int, chat: bool
     ) -> web.StreamResponse:
-        def events_for(generate_input: GenerateInput) -> AsyncIterator[GenerateEvent]:
-            return self.router.dispatcher.generate(generate_input)
-
         return await serve_generation(
             request,
             body,
@@ -124,8 +124,9 @@ class _RouterRoutes:
             model=model,
             max_tokens=max_tokens,
             chat=chat,
-            events_for=events_for,
+            batches_for=self.router.dispatcher.generate_batches,
             span_name="router.generate",
+            tracer=self.tracer,
         )
 
     # -- status -------------------------------------------------------------------------------

@@ -12,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
+from yarl import URL
 
 from protos.block_hash import DEFAULT_HASH_SEED
 from protos.generation import AgentInfo, GenerateEvent, GenerateInput, Usage
@@ -27,6 +30,7 @@ from replica_agent.backends import prometheus_scrape as vllm_metrics
 from replica_agent.engine.engine import ReplicaIdentity
 from router.service import sse
 from router.service.replica_client import ReplicaCallError
+from router.service.upstream import UpstreamPool
 
 MIN_SCRAPE_INTERVAL_S, MAX_SCRAPE_INTERVAL_S = 0.1, 0.25
 RATE_WINDOW_S = 2.0
@@ -39,12 +43,61 @@ def default_session() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
 
 
+class _Answer(Protocol):
+    """An accepted answer's body, whichever client fetched it."""
+
+    async def readany(self, deadline: float | None = None) -> bytes: ...
+
+    def release(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _AiohttpAnswer:
+    __slots__ = ("_response",)
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+
+    async def readany(self, deadline: float | None = None) -> bytes:
+        async with asyncio.timeout_at(deadline):
+            return await self._response.content.readany()
+
+    def release(self) -> None:
+        self._response.release()
+
+    def close(self) -> None:
+        self._response.close()
+
+
+def _upstream_pool(base: str, connect_timeout_s: float) -> UpstreamPool:
+    url = URL(base)
+    host, port = url.raw_host or "", url.port or 80
+    name = f"[{host}]" if ":" in host else host
+    return UpstreamPool(host, port, name if port == 80 else f"{name}:{port}", connect_timeout_s)
+
+
 @dataclass(slots=True)
 class _Flight:
-    prompt_tokens: int  # estimated: the server reports the real count only at the end
+    request: GenerateInput
+    tokenizer: ApproxTokenizer
     output_tokens: int = 0
-    response: aiohttp.ClientResponse | None = None
+    response: _Answer | None = None
     aborted: bool = False
+    _prompt_tokens: int | None = None
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Estimated (the server reports the real count only at the end), and only when asked: most
+        answers end before a scrape looks at them, and carry the server's own usage."""
+        if self._prompt_tokens is None:
+            request = self.request
+            if request.prompt_token_ids:
+                self._prompt_tokens = len(request.prompt_token_ids)
+            else:
+                text = render_chat(request.messages) if request.is_chat else request.prompt or ""
+                self._prompt_tokens = self.tokenizer.count(text)
+        return self._prompt_tokens
 
 
 class HttpReplicaClient:
@@ -82,9 +135,20 @@ class HttpReplicaClient:
         self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s)
         self._scrape_timeout = aiohttp.ClientTimeout(total=scrape_timeout_s, sock_connect=connect_timeout_s)
         self._auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._post_headers = {**self._auth, "Content-Type": "application/json"}
+        self._to_json = json.JSONEncoder(separators=(",", ":")).encode
+        # Parsed once: aiohttp would parse a string URL on every request.
+        self._urls = {path: URL(self._base + path) for path in ("/v1/completions", "/v1/chat/completions")}
         self._return_token_ids = return_token_ids
         self._session_factory = session_factory or default_session
         self._session: aiohttp.ClientSession | None = None
+        # Answers over plain HTTP skip aiohttp (the costliest part of relaying one); a custom session
+        # (TLS settings, limits) and every other call keep it.
+        self._pool: UpstreamPool | None = None
+        self._targets: dict[str, str] = {}
+        if session_factory is None and self._base.startswith("http://"):
+            self._pool = _upstream_pool(self._base, connect_timeout_s)
+            self._targets = {path: url.raw_path_qs for path, url in self._urls.items()}
         self._closed = False
         self._info = AgentInfo(
             replica_id=replica_id, model=model or "", gpu=gpu, tier=Tier(tier).value, executor="http",
@@ -101,9 +165,12 @@ class HttpReplicaClient:
     def replica_id(self) -> str:
         return self._replica_id
 
-    def _client_session(self) -> aiohttp.ClientSession:
+    def _check_open(self) -> None:
         if self._closed:
             raise ReplicaCallError(f"the client for replica {self._replica_id} is closed", retryable=True)
+
+    def _client_session(self) -> aiohttp.ClientSession:
+        self._check_open()
         if self._session is None:
             self._session = self._session_factory()
         return self._session
@@ -208,50 +275,64 @@ class HttpReplicaClient:
 
     # -- generation --------------------------------------------------------------------------------
     async def generate(self, request: GenerateInput) -> AsyncGenerator[GenerateEvent, None]:
-        if request.request_id in self._flights:
-            message = f"request id {request.request_id!r} is already in flight"
+        batches = self.generate_batches(request)
+        try:
+            async for batch in batches:
+                for event in batch:
+                    yield event
+        finally:
+            await batches.aclose()
+
+    async def generate_batches(self, request: GenerateInput) -> AsyncGenerator[list[GenerateEvent], None]:
+        """:meth:`generate`, the events that arrived together in one list (never empty)."""
+        request_id = request.request_id
+        if request_id in self._flights:
+            message = f"request id {request_id!r} is already in flight"
             raise ReplicaCallError(message, retryable=False, kind="invalid_request", status=400)
         arrived, opened_at = self._clock(), asyncio.get_running_loop().time()
-        flight = self._flights[request.request_id] = _Flight(self._prompt_tokens(request))
+        flight = self._flights[request_id] = _Flight(request, self._tokenizer)
         completed = False
         try:
             flight.response = await self._open(request, opened_at + self._first_token_timeout)
-            self._sent.append(request.request_id)
-            chunks = sse.answer_chunks(
-                flight.response.content, replica_id=self._replica_id, opened_at=opened_at,
+            self._sent.append(request_id)
+            reader = sse.AnswerReader(
+                flight.response, replica_id=self._replica_id, opened_at=opened_at,
                 first_token_timeout_s=self._first_token_timeout, idle_timeout_s=self._idle_timeout,
                 aborted=lambda: flight.aborted,
             )  # fmt: skip
             reason, usage = None, None
-            try:
-                async for chunk in chunks:
+            events: list[GenerateEvent] = []
+            while (chunks := await reader.next_batch()) is not None:
+                now = self._clock()  # one read, one time
+                elapsed = max(0.0, now - arrived)
+                for chunk in chunks:
                     reason, usage = chunk.finish_reason or reason, chunk.usage or usage
-                    if chunk.has_output:
+                    if chunk.text or chunk.token_ids:
                         flight.output_tokens += len(chunk.token_ids) or 1
-                        yield self._event(request.request_id, arrived, chunk)
-            finally:
-                await chunks.aclose()
+                        events.append(GenerateEvent(request_id, chunk.token_ids, chunk.text, now, elapsed))
+                if reader.ended:
+                    break  # the final event goes out with these
+                if events:
+                    yield events
+                    events = []
             if flight.aborted:
                 reason = "abort"
             elif reason is None:
+                if events:
+                    yield events
                 ended = "the stream ended before the answer finished"
                 raise sse.stream_failure(self._replica_id, ended, started=flight.output_tokens > 0)
             completed = not flight.aborted
             final_usage = usage or Usage(flight.prompt_tokens, flight.output_tokens)
             last = sse.StreamChunk(finish_reason=reason, usage=final_usage)
-            yield self._event(request.request_id, arrived, last, True)
+            events.append(self._event(request_id, arrived, last, True))
+            yield events
         finally:
-            self._flights.pop(request.request_id, None)
+            self._flights.pop(request_id, None)
             if flight.response is not None:
                 # Closing (not releasing) drops the connection: that is how the server notices the
                 # client went away and aborts the request.
                 flight.response.release() if completed else flight.response.close()
-
-    def _prompt_tokens(self, request: GenerateInput) -> int:
-        if request.prompt_token_ids:
-            return len(request.prompt_token_ids)
-        text = render_chat(request.messages) if request.is_chat else request.prompt or ""
-        return self._tokenizer.count(text)
 
     def _event(
         self, request_id: str, arrived: float, chunk: sse.StreamChunk, final: bool = False
@@ -261,28 +342,40 @@ class HttpReplicaClient:
             request_id, chunk.token_ids, chunk.text, now, max(0.0, now - arrived), final, *last
         )
 
-    async def _open(self, request: GenerateInput, deadline: float) -> aiohttp.ClientResponse:
-        session = self._client_session()
+    async def _open(self, request: GenerateInput, deadline: float) -> _Answer:
+        self._check_open()
         path = "/v1/chat/completions" if request.is_chat else "/v1/completions"
         body = sse.request_body(
             request, request.model or self._info.model, return_token_ids=self._return_token_ids
         )
-        headers = {**self._auth, **sse.request_headers(request)}
+        data = self._to_json(body).encode()
+        headers = {**self._post_headers, **sse.request_headers(request)}
         try:
-            async with asyncio.timeout_at(deadline):
-                response = await session.post(
-                    self._base + path, json=body, headers=headers, timeout=self._stream_timeout
-                )
-                if response.status == 200:
-                    return response
-                async with response:
-                    text = await response.text()
+            if self._pool is not None:
+                upstream = await self._pool.post(self._targets[path], headers, data, deadline)
+                if upstream.status == 200:
+                    return upstream
+                status = upstream.status
+                try:
+                    text = await upstream.text(deadline)
+                finally:
+                    upstream.close()
+            else:
+                async with asyncio.timeout_at(deadline):
+                    response = await self._client_session().post(
+                        self._urls[path], data=data, headers=headers, timeout=self._stream_timeout
+                    )
+                    if response.status == 200:
+                        return _AiohttpAnswer(response)
+                    status = response.status
+                    async with response:
+                        text = await response.text()
         except CONNECTION_ERRORS as error:
             raise self._unreachable(f"POST {path} failed", error) from None
         except TimeoutError:
             silent = f"no answer within {self._first_token_timeout:g} s"
             raise sse.stream_failure(self._replica_id, silent, started=False, kind="timeout") from None
-        raise sse.http_error(self._replica_id, response.status, text)
+        raise sse.http_error(self._replica_id, status, text)
 
     async def abort(self, request_id: str) -> bool:
         """Close the request's open response (the server aborts it); False when none was open."""
@@ -299,6 +392,8 @@ class HttpReplicaClient:
         for flight in self._flights.values():
             if flight.response is not None:
                 flight.response.close()
+        if self._pool is not None:
+            self._pool.close()
         session, self._session = self._session, None
         if session is not None:
             await session.close()

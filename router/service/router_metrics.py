@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -53,6 +54,14 @@ class _ReplicaLoadCollector(Collector):
         yield from gauges.values()
 
 
+@dataclass(frozen=True, slots=True)
+class _PolicySeries:
+    ttft: Histogram
+    tpot: Histogram
+    e2e: Histogram
+    decision: Histogram
+
+
 class RouterMetrics:
     def __init__(self, view: Callable[[], ClusterView] | None = None) -> None:
         self.registry = CollectorRegistry()
@@ -90,9 +99,21 @@ class RouterMetrics:
         )
         if view is not None:
             r.register(_ReplicaLoadCollector(view))
+        # Labelled children, looked up once: ``labels()`` takes a lock and builds a key every call.
+        self._series: dict[str, _PolicySeries] = {}
+        self._outcomes: dict[tuple[str, str, str], Counter] = {}
+
+    def _policy(self, policy: str) -> _PolicySeries:
+        series = self._series.get(policy)
+        if series is None:
+            series = self._series[policy] = _PolicySeries(
+                self.ttft.labels(policy), self.tpot.labels(policy), self.e2e.labels(policy),
+                self.decision_seconds.labels(policy),
+            )  # fmt: skip
+        return series
 
     def decision(self, policy: str, seconds: float) -> None:
-        self.decision_seconds.labels(policy).observe(seconds)
+        self._policy(policy).decision.observe(seconds)
 
     def retried(self, policy: str) -> None:
         self.retries.labels(policy).inc()
@@ -109,13 +130,18 @@ class RouterMetrics:
         e2e_s: float,
         completion_tokens: int,
     ) -> None:
-        self.requests.labels(policy, replica, status).inc()
+        key = (policy, replica, status)
+        outcome = self._outcomes.get(key)
+        if outcome is None:
+            outcome = self._outcomes[key] = self.requests.labels(policy, replica, status)
+        outcome.inc()
         if ttft_s is None:
             return
-        self.ttft.labels(policy).observe(ttft_s)
-        self.e2e.labels(policy).observe(e2e_s)
+        series = self._policy(policy)
+        series.ttft.observe(ttft_s)
+        series.e2e.observe(e2e_s)
         if completion_tokens > 1:
-            self.tpot.labels(policy).observe((e2e_s - ttft_s) / (completion_tokens - 1))
+            series.tpot.observe((e2e_s - ttft_s) / (completion_tokens - 1))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

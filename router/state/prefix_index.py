@@ -79,6 +79,34 @@ class PrefixIndex:
             matched += 1
         return matched
 
+    def match_blocks_many(self, replica_ids: Sequence[str], block_hashes: Sequence[int]) -> list[int]:
+        return self.match_blocks_many_at(replica_ids, block_hashes, self._now)
+
+    def match_blocks_many_at(
+        self, replica_ids: Sequence[str], block_hashes: Sequence[int], now: float
+    ) -> list[int]:
+        """``match_blocks_at`` for each replica id, in order (``_ReplicaBlocks.holds`` inlined: most
+        replicas lack the first block, and the call per block would cost more than the lookup)."""
+        if not block_hashes:
+            return [0] * len(replica_ids)
+        first = block_hashes[0]
+        replicas = self._replicas
+        counts: list[int] = []
+        for replica_id in replica_ids:
+            blocks = replicas.get(replica_id)
+            matched = 0
+            if blocks is not None:
+                confirmed, optimistic = blocks.confirmed, blocks.optimistic
+                if first in confirmed or (first in optimistic and optimistic[first] > now):
+                    for block_hash in block_hashes:
+                        if block_hash not in confirmed:
+                            expiry = optimistic.get(block_hash)
+                            if expiry is None or expiry <= now:
+                                break
+                        matched += 1
+            counts.append(matched)
+        return counts
+
     def at(self, now: float) -> PrefixAt:
         """A :class:`PrefixLookup` that judges optimistic entries at ``now``."""
         return PrefixAt(self, now)
@@ -173,3 +201,6 @@ class PrefixAt:
 
     def match_blocks(self, replica_id: str, block_hashes: Sequence[int]) -> int:
         return self.index.match_blocks_at(replica_id, block_hashes, self.now)
+
+    def match_blocks_many(self, replica_ids: Sequence[str], block_hashes: Sequence[int]) -> list[int]:
+        return self.index.match_blocks_many_at(replica_ids, block_hashes, self.now)

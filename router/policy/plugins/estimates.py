@@ -3,8 +3,10 @@ token-aware filters and scorers."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from protos.routing import RoutingRequest
-from router.policy.view import ClusterView, ReplicaLoad
+from router.policy.view import ClusterView, ReplicaLoad, match_counts
 
 
 def matched_blocks(request: RoutingRequest, replica: ReplicaLoad, view: ClusterView) -> int:
@@ -12,6 +14,19 @@ def matched_blocks(request: RoutingRequest, replica: ReplicaLoad, view: ClusterV
     if not request.block_hashes:
         return 0
     return view.prefix.match_blocks(replica.replica_id, request.block_hashes)
+
+
+def replica_ids(candidates: Sequence[ReplicaLoad]) -> list[str]:
+    return [r.replica_id for r in candidates]
+
+
+def matched_blocks_all(
+    request: RoutingRequest, candidates: Sequence[ReplicaLoad], view: ClusterView, ids: Sequence[str] = ()
+) -> list[int]:
+    """``matched_blocks`` of each candidate, in order (``ids``: their replica ids, when at hand)."""
+    if not request.block_hashes:
+        return [0] * len(candidates)
+    return match_counts(view.prefix, ids or replica_ids(candidates), request.block_hashes)
 
 
 def uncached_prompt_tokens(request: RoutingRequest, matched: int, block_size: int) -> int:

@@ -31,12 +31,14 @@ class KvHeadroomFilter:
         footprint_tokens = prompt + reserved_output_tokens(request)
         match = view.prefix.match_blocks
         fitting = []
+        block_size = needed = 0
         for replica in candidates:
-            block_size = replica.block_size
-            needed = -int(-footprint_tokens // block_size) if block_size > 0 else 0
+            if replica.block_size != block_size:
+                block_size = replica.block_size
+                needed = -int(-footprint_tokens // block_size) if block_size > 0 else 0
             room = replica.free_blocks - replica.pending_blocks
-            if needed > room and needed > 0 and hashes:
-                needed -= match(replica.replica_id, hashes)
-            if needed <= 0 or needed <= room:
+            if room < 0:
+                room = 0  # a request needing no new block still fits
+            if needed <= room or (hashes and needed - match(replica.replica_id, hashes) <= room):
                 fitting.append(replica)
         return fitting if fitting else candidates

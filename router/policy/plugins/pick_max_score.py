@@ -19,6 +19,7 @@ class MaxScorePicker:
     def pick(self, scores: Sequence[CandidateScore], rng: random.Random) -> str | None:
         if not scores:
             return None
-        best = max(s.total for s in scores)
-        tied = [s.replica_id for s in scores if s.total >= best - TIE_TOLERANCE]
-        return tied[0] if len(tied) == 1 else tied[rng.randrange(len(tied))]
+        totals = [s.total for s in scores]
+        threshold = max(totals) - TIE_TOLERANCE
+        tied = [s for s, total in zip(scores, totals, strict=True) if total >= threshold]
+        return (tied[0] if len(tied) == 1 else tied[rng.randrange(len(tied))]).replica_id

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from protos.routing import RoutingRequest
-from router.policy.plugins.estimates import matched_blocks, uncached_prompt_tokens
-from router.policy.plugins.score_maps import ratio_scores
+from router.policy.plugins.estimates import matched_blocks_all, replica_ids, uncached_prompt_tokens
+from router.policy.plugins.score_maps import ratio_scores_of
 from router.policy.view import ClusterView, ReplicaLoad
 
 
@@ -41,9 +41,18 @@ class DynamoCostScorer:
     def score(
         self, request: RoutingRequest, candidates: Sequence[ReplicaLoad], view: ClusterView
     ) -> Mapping[str, float]:
-        weight = self.prefill_weight
-        costs = {
-            r.replica_id: dynamo_cost(request, r, matched_blocks(request, r, view), weight)
-            for r in candidates
-        }
-        return ratio_scores(costs, 1.0)
+        # dynamo_cost, inlined.
+        weight, prompt = self.prefill_weight, request.prompt_tokens
+        ids = replica_ids(candidates)
+        costs: list[float] = []
+        matches = matched_blocks_all(request, candidates, view, ids)
+        for r, matched in zip(candidates, matches, strict=True):
+            block_size = r.block_size
+            uncached = prompt - matched * block_size
+            queued = r.waiting_prefill_tokens + r.pending_prefill_tokens + (uncached if uncached > 0 else 0)
+            free = r.free_blocks - r.pending_blocks
+            active = r.total_blocks - (free if free > 0 else 0)
+            costs.append(
+                weight * (queued / (block_size if block_size > 1 else 1)) + (active if active > 0 else 0)
+            )
+        return ratio_scores_of(ids, costs, 1.0)

@@ -18,4 +18,8 @@ class LeastKvScorer:
     def score(
         self, request: RoutingRequest, candidates: Sequence[ReplicaLoad], view: ClusterView
     ) -> Mapping[str, float]:
-        return {r.replica_id: 1.0 - r.projected_kv_usage for r in candidates}
+        scores: dict[str, float] = {}
+        for r in candidates:  # 1 - projected_kv_usage, inlined
+            total, free = r.total_blocks, r.free_blocks - r.pending_blocks
+            scores[r.replica_id] = 1.0 - (1.0 - (free if free > 0 else 0) / total if total > 0 else 1.0)
+        return scores

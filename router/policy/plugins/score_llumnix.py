@@ -34,4 +34,18 @@ class LlumnixScorer:
     def score(
         self, request: RoutingRequest, candidates: Sequence[ReplicaLoad], view: ClusterView
     ) -> Mapping[str, float]:
-        return higher_is_better({r.replica_id: llumnix_freeness(r) for r in candidates})
+        freeness: dict[str, float] = {}
+        inf = math.inf
+        for r in candidates:  # llumnix_freeness, inlined
+            requests = r.num_running + r.num_waiting + r.pending_requests
+            if requests <= 0:
+                freeness[r.replica_id] = inf
+                continue
+            block_size = r.block_size
+            waiting_blocks = -(
+                -(r.waiting_prefill_tokens + r.pending_prefill_tokens)
+                // (block_size if block_size > 1 else 1)
+            )
+            free = r.free_blocks - r.pending_blocks
+            freeness[r.replica_id] = ((free if free > 0 else 0) - waiting_blocks) / requests
+        return higher_is_better(freeness)

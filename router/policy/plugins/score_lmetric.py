@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from protos.routing import RoutingRequest
-from router.policy.plugins.estimates import matched_blocks, uncached_prompt_tokens
-from router.policy.plugins.score_maps import ratio_scores
+from router.policy.plugins.estimates import matched_blocks_all, replica_ids, uncached_prompt_tokens
+from router.policy.plugins.score_maps import ratio_scores_of
 from router.policy.view import ClusterView, ReplicaLoad
 
 TIE_BREAK_BATCH = 1e-3
@@ -38,9 +38,15 @@ class LmetricScorer:
     def score(
         self, request: RoutingRequest, candidates: Sequence[ReplicaLoad], view: ClusterView
     ) -> Mapping[str, float]:
-        costs = {
-            r.replica_id: new_prefill_tokens(request, r, matched_blocks(request, r, view))
-            * (r.batch_size + TIE_BREAK_BATCH)
-            for r in candidates
-        }
-        return ratio_scores(costs, 1.0)
+        # new_prefill_tokens and batch_size, inlined.
+        prompt = request.prompt_tokens
+        ids = replica_ids(candidates)
+        costs: list[float] = []
+        matches = matched_blocks_all(request, candidates, view, ids)
+        for r, matched in zip(candidates, matches, strict=True):
+            uncached = prompt - matched * r.block_size
+            queued = r.waiting_prefill_tokens + r.pending_prefill_tokens
+            new_tokens = queued + (uncached if uncached > 0 else 0)
+            batch = r.num_running + r.num_waiting + r.pending_requests
+            costs.append(new_tokens * (batch + TIE_BREAK_BATCH))
+        return ratio_scores_of(ids, costs, 1.0)

@@ -13,15 +13,29 @@ Every map gives tied values the same score and never divides by zero:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 
 def ratio_scores(costs: Mapping[str, float], offset: float) -> dict[str, float]:
-    lowest = min(costs.values(), default=math.inf)
-    if lowest == math.inf:
+    inf = math.inf
+    lowest = min(costs.values(), default=inf)
+    if lowest == inf:
         return dict.fromkeys(costs, 0.0)
-    best = max(0.0, lowest) + offset
-    return {rid: (best / (c + offset) if c < math.inf else 0.0) if c > 0 else 1.0 for rid, c in costs.items()}
+    best = (lowest if lowest > 0.0 else 0.0) + offset  # max(0.0, lowest)
+    return {rid: (best / (c + offset) if c < inf else 0.0) if c > 0 else 1.0 for rid, c in costs.items()}
+
+
+def ratio_scores_of(replica_ids: Sequence[str], costs: Sequence[float], offset: float) -> dict[str, float]:
+    """``ratio_scores(dict(zip(replica_ids, costs)), offset)`` for distinct ids, without that dict."""
+    inf = math.inf
+    lowest = min(costs, default=inf)
+    if lowest == inf:
+        return dict.fromkeys(replica_ids, 0.0)
+    best = (lowest if lowest > 0.0 else 0.0) + offset
+    return {
+        rid: (best / (c + offset) if c < inf else 0.0) if c > 0 else 1.0
+        for rid, c in zip(replica_ids, costs, strict=True)
+    }
 
 
 def lower_is_better(values: Mapping[str, float]) -> dict[str, float]:
@@ -37,13 +51,13 @@ def lower_is_better(values: Mapping[str, float]) -> dict[str, float]:
 def higher_is_better(values: Mapping[str, float]) -> dict[str, float]:
     """Min-max over the finite values; ``+inf`` (e.g. an idle replica's freeness) scores 1 and the
     finite values are then squeezed into [0, 0.5] so that they stay strictly below it."""
-    finite = [v for v in values.values() if v < math.inf]
+    inf = math.inf
+    finite = [v for v in values.values() if v < inf]
     if not finite:
         return dict.fromkeys(values, 1.0)
     low, high = min(finite), max(finite)
     top = 1.0 if len(finite) == len(values) else 0.5
     span = high - low
     return {
-        rid: 1.0 if v == math.inf else (top * (v - low) / span if span > 0 else top)
-        for rid, v in values.items()
+        rid: 1.0 if v == inf else (top * (v - low) / span if span > 0 else top) for rid, v in values.items()
     }

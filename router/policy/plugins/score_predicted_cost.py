@@ -28,12 +28,13 @@ from typing import ClassVar
 from protos.routing import RoutingRequest
 from router.policy.plugins.estimates import (
     blocks_needed,
-    matched_blocks,
+    matched_blocks_all,
     mean_running_context,
+    replica_ids,
     reserved_output_tokens,
     uncached_prompt_tokens,
 )
-from router.policy.plugins.score_maps import ratio_scores
+from router.policy.plugins.score_maps import ratio_scores_of
 from router.policy.plugins.speed_cache import SpeedCache
 from router.policy.view import ClusterView, ReplicaLoad
 
@@ -127,26 +128,55 @@ class PredictedCostScorer:
     def score(
         self, request: RoutingRequest, candidates: Sequence[ReplicaLoad], view: ClusterView
     ) -> Mapping[str, float]:
+        # _expected_cost_s and kv_usage_after, inlined: this loop is the policy's hot path.
         outcomes = output_outcomes(request)
-        speeds = self._speeds
-        costs: dict[str, float] = {}
+        prompt, threshold = request.prompt_tokens, self.kv_threshold
+        footprint_tokens = prompt + reserved_output_tokens(request)
+        ids = replica_ids(candidates)
+        matches = matched_blocks_all(request, candidates, view, ids)
+        speeds = self._speeds.replica_speeds(candidates)
+        costs: list[float] = []
         unsafe: list[str] = []
-        for replica in candidates:
-            matched = matched_blocks(request, replica, view)
-            batch = replica.batch_size
-            step_with_s = speeds.decode_step_s(replica, batch + 1)
-            costs[replica.replica_id] = _expected_cost_s(
-                request,
-                replica,
-                matched,
-                outcomes,
-                speeds.prefill_tokens_per_s(replica),
-                step_with_s,
-                step_with_s - speeds.decode_step_s(replica, batch),
-            )
-            if kv_usage_after(request, replica, matched) > self.kv_threshold:
-                unsafe.append(replica.replica_id)
-        scores = ratio_scores(costs, TIME_OFFSET_S)
+        block_size = footprint_blocks = 0
+        for replica, replica_id, matched, (rate, step_with_s, marginal_step_s) in zip(
+            candidates, ids, matches, speeds, strict=True
+        ):
+            if replica.block_size != block_size:
+                block_size = replica.block_size
+                footprint_blocks = -int(-footprint_tokens // block_size) if block_size > 0 else 0
+            free = replica.free_blocks - replica.pending_blocks
+            if free < 0:
+                free = 0
+            running = replica.num_running
+            if rate <= 0:
+                costs.append(math.inf)
+            else:
+                uncached = prompt - matched * block_size
+                own_prefill_s = (uncached if uncached > 0 else 0) / rate
+                fixed_s = (
+                    (replica.waiting_prefill_tokens + replica.pending_prefill_tokens) / rate
+                    + own_prefill_s
+                    + running * own_prefill_s
+                )
+                batch = running + replica.num_waiting + replica.pending_requests
+                per_token_s = step_with_s + batch * marginal_step_s
+                room_tokens = (free + matched) * block_size - prompt
+                expected = 0.0
+                for tokens, probability in outcomes:
+                    cost = fixed_s + tokens * per_token_s
+                    if block_size > 0 and tokens > room_tokens:
+                        cost += (prompt + tokens) / rate
+                    expected += probability * cost
+                costs.append(expected)
+            total = replica.total_blocks
+            if total <= 0:
+                usage_after = 1.0
+            else:
+                needed = footprint_blocks - matched if block_size > 0 else 0
+                usage_after = 1.0 - (free - (needed if needed > 0 else 0)) / total
+            if usage_after > threshold:
+                unsafe.append(replica_id)
+        scores = ratio_scores_of(ids, costs, TIME_OFFSET_S)
         if len(unsafe) < len(candidates):
             for replica_id in unsafe:
                 scores[replica_id] = 0.0

@@ -9,18 +9,20 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from protos.routing import RoutingRequest
-from router.policy.view import ClusterView, ReplicaLoad
+from router.policy.plugins.estimates import replica_ids
+from router.policy.view import ClusterView, ReplicaLoad, match_counts
 
 
 def match_ratios(
     request: RoutingRequest, candidates: Sequence[ReplicaLoad], view: ClusterView
 ) -> dict[str, float]:
     hashes = request.block_hashes
+    ids = replica_ids(candidates)
     if not hashes:
-        return {r.replica_id: 0.0 for r in candidates}
+        return dict.fromkeys(ids, 0.0)
     total = len(hashes)
-    match = view.prefix.match_blocks
-    return {r.replica_id: min(total, match(r.replica_id, hashes)) / total for r in candidates}
+    matches = match_counts(view.prefix, ids, hashes)
+    return {replica_id: min(total, matched) / total for replica_id, matched in zip(ids, matches, strict=True)}
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,11 +24,13 @@ from typing import ClassVar
 
 from protos.routing import RoutingRequest
 from router.policy.plugins.estimates import (
+    matched_blocks_all,
     mean_running_context,
+    replica_ids,
     reserved_output_tokens,
     uncached_prompt_tokens,
 )
-from router.policy.plugins.score_maps import ratio_scores
+from router.policy.plugins.score_maps import ratio_scores_of
 from router.policy.plugins.speed_cache import SpeedCache
 from router.policy.view import ClusterView, ReplicaLoad
 
@@ -54,25 +56,35 @@ class SalScorer:
         self, request: RoutingRequest, candidates: Sequence[ReplicaLoad], view: ClusterView
     ) -> Mapping[str, float]:
         # The arithmetic of estimated_ttft_s and kv_fits, inlined: this loop is the policy's hot path.
-        prompt, hashes = request.prompt_tokens, request.block_hashes
+        prompt = request.prompt_tokens
         footprint_tokens = prompt + reserved_output_tokens(request)
-        match = view.prefix.match_blocks
-        times: dict[str, float] = {}
+        whole_prompt = prompt if prompt > 0 else 0
+        ids = replica_ids(candidates)
+        matches = matched_blocks_all(request, candidates, view, ids)
+        rates = self._speeds.prefill_rates(candidates)
+        times: list[float] = []
         too_full: list[str] = []
         block_size = footprint_blocks = 0
-        for replica, rate in zip(candidates, self._speeds.prefill_rates(candidates), strict=True):
-            replica_id = replica.replica_id
+        inf = math.inf
+        for replica, replica_id, matched, rate in zip(candidates, ids, matches, rates, strict=True):
             if replica.block_size != block_size:
                 block_size = replica.block_size
                 footprint_blocks = -int(-footprint_tokens // block_size) if block_size > 0 else 0
-            matched = match(replica_id, hashes) if hashes else 0
-            uncached = prompt - matched * block_size
-            queued = replica.waiting_prefill_tokens + replica.pending_prefill_tokens
-            times[replica_id] = (queued + (uncached if uncached > 0 else 0)) / rate if rate > 0 else math.inf
-            needed = footprint_blocks - matched
+            if matched:
+                uncached = prompt - matched * block_size
+                tokens = (
+                    replica.waiting_prefill_tokens
+                    + replica.pending_prefill_tokens
+                    + (uncached if uncached > 0 else 0)
+                )
+                needed = footprint_blocks - matched
+            else:  # most replicas: nothing cached
+                tokens = replica.waiting_prefill_tokens + replica.pending_prefill_tokens + whole_prompt
+                needed = footprint_blocks
+            times.append(tokens / rate if rate > 0 else inf)
             if needed > 0 and needed > replica.free_blocks - replica.pending_blocks:
                 too_full.append(replica_id)
-        scores = ratio_scores(times, TIME_OFFSET_S)
+        scores = ratio_scores_of(ids, times, TIME_OFFSET_S)
         if len(too_full) < len(candidates):
             for replica_id in too_full:
                 scores[replica_id] = 0.0

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import random
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -189,3 +191,23 @@ def test_capped_index_stays_bounded_and_never_invents_hashes(
             assert index.size(replica) <= cap
             assert not index.confirmed_hashes(replica) & index.optimistic_hashes(replica, -1.0)
             assert index.match_blocks_at(replica, query, now) <= reference.match(replica, query, now)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_matching_many_replicas_at_once_is_matching_each(seed: int) -> None:
+    rng = random.Random(seed)
+    index = PrefixIndex(optimistic_ttl_s=1.0)
+    replica_ids = [f"r{i}" for i in range(8)]
+    for replica_id in replica_ids[:6]:
+        index.apply_events(replica_id, cached=range(1, rng.randint(1, 30)), evicted=[])
+        index.note_routed(replica_id, range(1, rng.randint(1, 40)), now=rng.uniform(0.0, 2.0))
+        index.apply_events(replica_id, cached=[], evicted=rng.sample(range(1, 40), 3))
+    hashes = list(range(1, 45))
+    for now in (0.5, 1.5, 2.5):
+        expected = [index.match_blocks_at(r, hashes, now) for r in replica_ids]
+        assert index.match_blocks_many_at(replica_ids, hashes, now) == expected
+        assert index.at(now).match_blocks_many(replica_ids, hashes) == expected
+    assert index.match_blocks_many(replica_ids, []) == [0] * 8
+    assert index.match_blocks_many(replica_ids, hashes) == [
+        index.match_blocks(r, hashes) for r in replica_ids
+    ]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from protos.routing import RoutingRequest
+from router.policy.columns import STALENESS, Candidates, Mask, candidates_of, loads_where
 from router.policy.view import ClusterView, ReplicaLoad
 
 
@@ -28,5 +29,7 @@ class StalenessFilter:
     def filter(
         self, request: RoutingRequest, candidates: Sequence[ReplicaLoad], view: ClusterView
     ) -> Sequence[ReplicaLoad]:
-        bound = self.max_staleness_s
-        return [r for r in candidates if r.staleness_s <= bound]
+        return loads_where(candidates, self.keep(request, candidates_of(candidates), view))
+
+    def keep(self, request: RoutingRequest, candidates: Candidates, view: ClusterView) -> Mask:
+        return candidates.column(STALENESS) <= self.max_staleness_s

@@ -7,18 +7,19 @@ benchmarks) call ``schedule`` then hand the plan to an executor and its result t
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from protos.block_hash import BlockHasher
 from protos.snapshot import ReplicaSnapshot, Tier
 from replica_agent.engine.block_pool import BlockPool
 from replica_agent.engine.config import EngineConfig
-from replica_agent.engine.decode_run import DecodeRun, TokensAt, plan_decode_run
+from replica_agent.engine.decode_run import DecodeRun, TokensAt, decode_steps_left, plan_decode_run
 from replica_agent.engine.kv_manager import KVCacheManager, blocks_for
 from replica_agent.engine.queues import make_queue_policy
 from replica_agent.engine.request import RequestSpec, RequestStatus, Sequence
 from replica_agent.engine.scheduler import Scheduler
-from replica_agent.engine.step import RequestOutput, StepPlan, StepResult
+from replica_agent.engine.step import RequestOutput, ScheduledChunk, StepPlan, StepResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +59,7 @@ class Engine:
 
     # -- requests ---------------------------------------------------------------------------
     def add(self, spec: RequestSpec) -> None:
-        self._end_run_after_step_in_flight()
+        """Queue a request (a decode run in progress admits it at its next step boundary)."""
         if spec.request_id in self._requests:
             raise ValueError(f"request id {spec.request_id!r} is already in the engine")
         prompt = len(spec.prompt_token_ids)
@@ -118,14 +119,24 @@ class Engine:
         if plan is not self._in_flight:
             raise RuntimeError(f"step {plan.step_id} is not the step in flight")
         self._in_flight = None
+        outputs, prefill_tokens, decode_tokens = self._update_chunks(
+            plan.chunks, result.sampled_token_ids, now, notable_only
+        )
+        self._record(prefill_tokens, decode_tokens, now, result.duration_s)
+        return outputs
+
+    def _update_chunks(
+        self, chunks: tuple[ScheduledChunk, ...], sampled: Mapping[str, int], now: float, notable_only: bool
+    ) -> tuple[list[RequestOutput], int, int]:
+        """``update`` without the step's throughput record: the outputs and the step's prefill and
+        decode tokens."""
         requests = self._requests
-        sampled = result.sampled_token_ids
         caching = self.kv.enable_prefix_caching
         block_size = self.kv.block_size
         running = RequestStatus.RUNNING
         outputs: list[RequestOutput] = []
         prefill_tokens = decode_tokens = 0
-        for chunk in plan.chunks:
+        for chunk in chunks:
             if chunk.is_prefill:
                 prefill_tokens += len(chunk.token_ids)
             else:
@@ -164,22 +175,24 @@ class Engine:
             else:
                 self._finish(seq, status, now)
                 outputs.append(self._output(seq, (token,)))
-        self._record(prefill_tokens, decode_tokens, now, result.duration_s)
-        return outputs
+        return outputs, prefill_tokens, decode_tokens
 
     # -- multi-step decode (for drivers that know the sampled tokens in advance) -------------------
     def start_decode_run(self, tokens_at: TokensAt) -> DecodeRun | None:
-        """Instead of ``schedule``: start a run of pure-decode steps whose sampled tokens are
+        """Instead of ``schedule``: start a run of decode steps whose sampled tokens are
         ``tokens_at(request_id, first, end)`` (what the executor samples at positions
         ``first..end - 1``), or None when the next step is not a plain decode step of every running
         request with nothing waiting.
 
         Step 1 is in flight at once; report each step's end with :meth:`finish_decode_step`.
         ``add``, ``abort``, ``snapshot`` and ``get`` see exactly the state single steps would have
-        left; ``add`` and ``abort`` end the run after the step in flight.
+        left; requests added meanwhile ride along with the next step (``DecodeRun.admitted``) and
+        may join the run; ``abort`` ends it after the step in flight.
         """
         if self._in_flight is not None or self._run is not None:
             raise RuntimeError("a step is already in flight: call update() with its result first")
+        if self.scheduler.waiting:
+            return None
         limit, finish_steps = plan_decode_run(
             self.scheduler, self.kv, self.max_seq_tokens, self.config.eos_token_id
         )
@@ -195,23 +208,62 @@ class Engine:
 
     def finish_decode_step(self, now: float, duration_s: float) -> list[RequestOutput]:
         """The run's step in flight ended at ``now`` after ``duration_s``: the outputs of the
-        requests it finished (the others' new tokens are not reported). Then the run's next step
-        is in flight, or the run is over (``decode_run`` is None) and ``schedule`` is next."""
+        requests it finished and, for those admitted into it, their first tokens (the others' new
+        tokens are not reported). Then the run's next step is in flight, with the chunks of the
+        requests it admits in ``admitted``, or the run is over (``decode_run`` is None) and
+        ``schedule`` is next."""
         run = self._run
         if run is None:
             raise RuntimeError("no decode run in progress")
-        finished: list[RequestOutput] = []
+        outputs: list[RequestOutput] = []
         for seq in run.finish_step(now, duration_s):
             token = seq.output_token_ids[-1]
             status = self._stop_status(seq, token)
             if status is None:
                 raise RuntimeError(f"decode run expected {seq.request_id!r} to finish")
             self._finish(seq, status, now)
-            finished.append(self._output(seq, (token,)))
-        if not run.going:
+            outputs.append(self._output(seq, (token,)))
+        admitted = run.take_admitted()
+        if admitted:
+            run.close(tokens=False)  # the decodes' results come first, as in ``update``
+            outputs += self._update_chunks(admitted, run.sampled(admitted), now, notable_only=True)[0]
+            self._continue_with(run, admitted)
+        if run.going:
+            run.begin_step()
+            if self.scheduler.waiting:
+                self._admit_into(run, now)
+        else:
             run.close()
             self._run = None
-        return finished
+        return outputs
+
+    def _continue_with(self, run: DecodeRun, admitted: tuple[ScheduledChunk, ...]) -> None:
+        """After a step that admitted requests: go on if they all decode now, after every request
+        already in the run (their order in ``running``)."""
+        running = self.scheduler.running
+        joining = running[run.batch_size :]
+        if len(running) > self.config.max_num_batched_tokens:
+            return
+        if {seq.request_id for seq in joining} - {chunk.request_id for chunk in admitted}:
+            return  # a request admitted earlier sorted among them
+        steps_left: list[int] = []
+        for seq in joining:
+            steps = decode_steps_left(seq, self.max_seq_tokens, self.config.eos_token_id)
+            if steps is None:
+                return
+            steps_left.append(steps)
+        run.extend(joining, steps_left, self.pool.num_free)
+
+    def _admit_into(self, run: DecodeRun, now: float) -> None:
+        """Admit waiting requests into the step just started, after its decodes."""
+        # what the admission reads, as ``schedule`` would see it
+        run.sync(tokens=self.scheduler.policy.running_key_reads_outputs)
+        chunks = self.scheduler.admit_after_decodes(run.batch_size)
+        for chunk in chunks:
+            seq = self._requests[chunk.request_id]
+            if seq.first_scheduled_time is None:
+                seq.first_scheduled_time = now
+        run.admit(chunks)
 
     def _end_run_after_step_in_flight(self) -> None:
         if self._run is not None:

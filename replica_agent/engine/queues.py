@@ -16,6 +16,9 @@ SortKey = tuple[float, ...]
 
 
 class QueuePolicy(Protocol):
+    # Whether ``running_key`` reads a request's output tokens (which a decode run applies lazily).
+    running_key_reads_outputs: bool
+
     def age(self, waiting: Iterable[Sequence], step: int) -> bool:
         """Update per-request waiting state once per step; True if any waiting key changed."""
         ...
@@ -43,6 +46,8 @@ def _predicted_output(seq: Sequence, default: int) -> int:
 
 
 class FcfsPolicy:
+    running_key_reads_outputs = False
+
     def age(self, waiting: Iterable[Sequence], step: int) -> bool:
         return False
 
@@ -94,6 +99,8 @@ class MemoryAwarePolicy(FcfsPolicy):
 class PredictedSjfPolicy(FcfsPolicy):
     """Shortest predicted remaining output first; a request left waiting for ``starvation_steps``
     steps is promoted ahead of everyone for ``promotion_steps`` steps."""
+
+    running_key_reads_outputs = True
 
     def __init__(self, starvation_steps: int, promotion_steps: int, default_output_tokens: int) -> None:
         self.starvation_steps = starvation_steps

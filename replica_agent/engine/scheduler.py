@@ -90,6 +90,14 @@ class Scheduler:
             padding += [SeqShape(1, s.num_tokens) for s in self.static_batch if s.status.finished]
         return StepPlan(self.step, tuple(chunks), tuple(preempted), tuple(padding))
 
+    def admit_after_decodes(self, num_decodes: int) -> list[ScheduledChunk]:
+        """The rest of a step that so far decodes ``num_decodes`` running requests without
+        preempting (a decode run's step, whose slots are already allocated and counted in
+        ``step``): the chunks of the waiting requests it admits, as ``schedule`` would add them."""
+        chunks: list[ScheduledChunk] = []
+        self._admit(self.config.max_num_batched_tokens - num_decodes, chunks)
+        return chunks
+
     def _make_room(self, seq: Sequence, num_new: int, preempted: list[str]) -> bool:
         """Allocate slots for ``seq``, preempting from the back of the running list as needed.
         False when ``seq`` itself had to yield."""

@@ -18,8 +18,9 @@ The constants live in :mod:`replica_agent.executors.gpu_profiles` and are fitted
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
-from replica_agent.engine.step import BatchShape, StepPlan
+from replica_agent.engine.step import BatchShape, ScheduledChunk, StepPlan
 from replica_agent.executors.gpu_profiles import GpuProfile, ModelProfile
 
 DEFAULT_ACTIVATION_RESERVE_BYTES = 2 * 1024**3  # activations, CUDA graphs, allocator slack (vLLM-like)
@@ -71,30 +72,20 @@ class StepCostModel:
 
     def plan_seconds(self, plan: StepPlan) -> float:
         """``step_seconds(plan.shape())`` without building the shape (the simulator's hot path)."""
-        tokens = seqs = decodes = decode_context = prefills = 0
-        prefill_s = 0.0
-        for chunk in plan.chunks:
-            new = len(chunk.token_ids)
-            if new == 0:
-                continue
-            tokens += new
-            seqs += 1
-            context = chunk.start
-            if new == 1 and context > 0:
-                decodes += 1
-                decode_context += context
-            else:
-                prefills += 1
-                prefill_s += self._prefill_attention(new, context)
-        tally = (tokens, seqs, decodes, decode_context, prefills, prefill_s)
+        tally = self._tally_chunks(plan.chunks, (0, 0, 0, 0, 0, 0.0))
         if plan.padding:
             tally = self._tally(BatchShape(plan.padding), tally)
         return self._step(*tally)
 
-    def decode_batch_seconds(self, batch: int, context_tokens: int) -> float:
+    def decode_batch_seconds(
+        self, batch: int, context_tokens: int, alongside: Sequence[ScheduledChunk] = ()
+    ) -> float:
         """``plan_seconds`` of a step decoding ``batch`` sequences on ``context_tokens`` cached
-        tokens in all (each sequence has at least one)."""
-        return self._step(batch, batch, batch, context_tokens, 0, 0.0)
+        tokens in all (each sequence has at least one), followed by the chunks ``alongside``."""
+        tally: _Tally = (batch, batch, batch, context_tokens, 0, 0.0)
+        if alongside:
+            tally = self._tally_chunks(alongside, tally)
+        return self._step(*tally)
 
     def decode_step_seconds(self, batch: int, mean_context: float) -> float:
         """One step of ``batch`` decoding sequences with ``mean_context`` cached tokens each."""
@@ -137,6 +128,24 @@ class StepCostModel:
             attention += self._decode_floor_s + decodes * self._attn_seq_s
             attention += (decode_context + decodes) * self._attn_kv_s
         return attention
+
+    def _tally_chunks(self, chunks: Sequence[ScheduledChunk], start: _Tally) -> _Tally:
+        """``_tally`` of the chunks' shapes (each computes its tokens on ``start`` cached ones)."""
+        tokens, seqs, decodes, decode_context, prefills, prefill_s = start
+        for chunk in chunks:
+            new = len(chunk.token_ids)
+            if new == 0:
+                continue
+            tokens += new
+            seqs += 1
+            context = chunk.start
+            if new == 1 and context > 0:
+                decodes += 1
+                decode_context += context
+            else:
+                prefills += 1
+                prefill_s += self._prefill_attention(new, context)
+        return tokens, seqs, decodes, decode_context, prefills, prefill_s
 
     def _tally(self, shape: BatchShape, start: _Tally = (0, 0, 0, 0, 0, 0.0)) -> _Tally:
         """``shape`` as (tokens, sequences, decodes, decode context, prefills, prefill attention s),

@@ -231,7 +231,9 @@ class Simulator:
     def _start_run_step(
         self, replica: int, node: _Node, executor: CostModelExecutor, run: DecodeRun, now: float
     ) -> None:
-        duration = executor.cost_model.decode_batch_seconds(run.batch_size, run.context_tokens())
+        duration = executor.cost_model.decode_batch_seconds(
+            run.batch_size, run.context_tokens(), run.admitted
+        )
         node.run_step_s = duration
         node.busy_s += duration
         self.queue.push(now + duration, RunStepDone(replica))
@@ -241,9 +243,7 @@ class Simulator:
         replica_parts = node.member.replica
         engine = replica_parts.engine
         node.busy = False
-        for output in engine.finish_decode_step(now, node.run_step_s):
-            # a run's requests all have their first token already
-            self._finish(self._by_id[output.request_id], replica, output, now)
+        self._deliver(replica, engine.finish_decode_step(now, node.run_step_s), now)
         run = engine.decode_run
         if run is None:
             self._start_step(replica, now)
@@ -256,11 +256,15 @@ class Simulator:
 
     def _on_step_done(self, replica: int, plan: StepPlan, result: StepResult, now: float) -> None:
         node = self.nodes[replica]
-        engine = node.member.replica.engine
-        overhead = node.member.replica.cost_model.request_overhead_s
         node.busy = False
+        self._deliver(replica, node.member.replica.engine.update(plan, result, now, notable_only=True), now)
+        self._start_step(replica, now)
+
+    def _deliver(self, replica: int, outputs: list[RequestOutput], now: float) -> None:
+        """First tokens and finished requests (a step's notable outputs) reach the router."""
+        overhead = self.nodes[replica].member.replica.cost_model.request_overhead_s
         by_id, open_requests = self._by_id, self._open
-        for output in engine.update(plan, result, now, notable_only=True):
+        for output in outputs:
             index = by_id[output.request_id]
             request = open_requests[index]
             if request.first_token_s is None:
@@ -268,7 +272,6 @@ class Simulator:
                 self.router.first_token(request, now - request.spec.arrival_time + overhead)
             if output.finished:
                 self._finish(index, replica, output, now)
-        self._start_step(replica, now)
 
     def _finish(self, index: int, replica: int, output: RequestOutput, now: float) -> None:
         node = self.nodes[replica]

@@ -12,7 +12,8 @@ from dataclasses import dataclass, replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from replica_agent.engine import Engine, EngineConfig, RequestOutput, RequestSpec, SamplingParams
+from replica_agent.engine import Engine, EngineConfig, RequestSpec, SamplingParams
+from replica_agent.engine.config import QueuePolicyName
 from replica_agent.engine.decode_run import DecodeRun
 from replica_agent.engine.step import StepPlan, StepResult
 from replica_agent.executors.cost_executor import CostModelExecutor
@@ -31,7 +32,8 @@ class Script:
 
 
 @st.composite
-def scripts(draw: st.DrawFn) -> Script:
+def scripts(draw: st.DrawFn, busy: bool = False) -> Script:
+    """``busy``: long answers, plenty of blocks and seats, no aborts (requests join runs)."""
     block_size = draw(st.sampled_from([2, 4]))
     prefixes = [draw(st.lists(st.integers(0, 9), max_size=12)) for _ in range(2)]
     requests = []
@@ -40,26 +42,26 @@ def scripts(draw: st.DrawFn) -> Script:
         tail = draw(st.lists(st.integers(0, 9), min_size=1, max_size=10))
         stops = draw(st.sampled_from([(), (), (3,)]))
         params = SamplingParams(
-            max_tokens=draw(st.integers(1, 40)), ignore_eos=draw(st.booleans()), stop_token_ids=stops
+            max_tokens=draw(st.integers(1, 40)), ignore_eos=busy or draw(st.booleans()), stop_token_ids=stops
         )
-        requests.append(RequestSpec(f"r{i}", tuple(prefix + tail), float(i), params))
+        priority, predicted = draw(st.integers(0, 2)), draw(st.none() | st.integers(1, 40))
+        requests.append(RequestSpec(f"r{i}", tuple(prefix + tail), float(i), params, priority, predicted))
     largest = max(len(r.prompt_token_ids) + r.params.max_tokens for r in requests)
     blocks = -(-largest // block_size)
     config = EngineConfig(
-        num_blocks=draw(st.integers(blocks, blocks * 4)),
+        num_blocks=draw(st.integers(blocks * (4 if busy else 1), blocks * 8 if busy else blocks * 4)),
         block_size=block_size,
-        max_num_seqs=draw(st.integers(1, 6)),
+        max_num_seqs=draw(st.integers(4 if busy else 1, 8 if busy else 6)),
         max_num_batched_tokens=draw(st.integers(4, 40)),
         max_model_len=256,
         enable_prefix_caching=draw(st.booleans()),
         record_cache_events=True,
+        queue_policy=draw(st.sampled_from(list(QueuePolicyName))),
+        sjf_starvation_steps=draw(st.integers(1, 30)),
     )
-    action = st.tuples(st.booleans(), st.booleans(), st.none() | st.integers(0, len(requests) - 1))
+    aborts = st.none() if busy else st.none() | st.integers(0, len(requests) - 1)
+    action = st.tuples(st.booleans(), st.booleans(), aborts)
     return Script(config, tuple(requests), tuple(draw(st.lists(action, min_size=1, max_size=120))))
-
-
-def _finished(outputs: list[RequestOutput]) -> list[RequestOutput]:
-    return [o for o in outputs if o.finished]
 
 
 def _drive(script: Script, runs: bool) -> list[object]:
@@ -74,7 +76,7 @@ def _drive(script: Script, runs: bool) -> list[object]:
     pending = list(script.requests)
     for boundary in range(400):
         if plan is not None and result is not None:
-            log.append(_finished(engine.update(plan, result, now)))
+            log.append(engine.update(plan, result, now, notable_only=True))
         elif run is not None:
             log.append(engine.finish_decode_step(now, duration))
         plan = result = run = None
@@ -82,7 +84,7 @@ def _drive(script: Script, runs: bool) -> list[object]:
         if run is None and runs:
             run = engine.start_decode_run(executor.tokens_at)
         if run is not None:
-            duration = COST.decode_batch_seconds(run.batch_size, run.context_tokens())
+            duration = COST.decode_batch_seconds(run.batch_size, run.context_tokens(), run.admitted)
         else:
             plan = engine.schedule(now)
             duration = 0.0
@@ -113,6 +115,33 @@ def _drive(script: Script, runs: bool) -> list[object]:
 @given(scripts())
 def test_decode_runs_match_single_steps(script: Script) -> None:
     assert _drive(script, runs=True) == _drive(script, runs=False)
+
+
+@settings(max_examples=100, deadline=None)
+@given(scripts(busy=True))
+def test_decode_runs_that_admit_requests_match_single_steps(script: Script) -> None:
+    assert _drive(script, runs=True) == _drive(script, runs=False)
+
+
+def test_a_request_added_during_a_run_rides_along_and_joins_it() -> None:
+    engine = Engine(EngineConfig(num_blocks=64, block_size=4, max_model_len=256))
+    executor = CostModelExecutor(COST, vocab_size=100)
+    params = SamplingParams(max_tokens=6, ignore_eos=True)
+    engine.add(RequestSpec("r0", (1, 2, 3), 0.0, params))
+    plan = engine.schedule(0.0)
+    assert plan is not None
+    engine.update(plan, executor.execute(plan), 1.0)
+    run = engine.start_decode_run(executor.tokens_at)
+    assert run is not None and run.batch_size == 1
+    engine.add(RequestSpec("r1", (4, 5, 6, 7, 8), 1.5, params))
+    first = engine.finish_decode_step(2.0, 1.0)  # r1's prompt rides along with step 2
+    assert first == [] and [c.request_id for c in run.admitted] == ["r1"] and run.admitted[0].is_prefill
+    second = engine.finish_decode_step(3.0, 1.0)
+    assert [(o.request_id, o.num_output_tokens) for o in second] == [("r1", 1)]  # its first token
+    assert engine.decode_run is run and run.batch_size == 2 and run.admitted == ()
+    outputs = [o for s in range(4, 9) for o in engine.finish_decode_step(float(s), 1.0)]
+    assert [(o.request_id, o.finished) for o in outputs] == [("r0", True), ("r1", True)]
+    assert engine.decode_run is None and not engine.has_unfinished()
 
 
 def test_a_decode_run_covers_the_steps_until_something_changes() -> None:

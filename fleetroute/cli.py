@@ -12,6 +12,7 @@ from rich.table import Table
 from fleetroute import __version__
 from fleetroute.agent_cmd import agent
 from fleetroute.policies_cmd import policies
+from fleetroute.predictor_cmd import predictor
 from fleetroute.simulate_cmd import simulate
 from fleetroute.up_cmd import serve, up
 from replica_agent.engine.config import BatchingMode, QueuePolicyName
@@ -38,6 +39,7 @@ main.add_command(policies)
 main.add_command(up)
 main.add_command(serve)
 main.add_command(simulate)
+main.add_command(predictor)
 
 
 @main.command()

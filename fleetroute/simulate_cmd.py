@@ -16,7 +16,7 @@ from router.sim.fleet import FleetError, FleetSpec, load_fleet
 from router.sim.load import DEFAULT_PROBE_REQUESTS, Saturation
 from router.sim.markdown import write_report
 from router.sim.policies import sim_policy_names
-from router.sim.predict import PREDICTOR_SPECS, PredictorSpecError, parse_predictor
+from router.sim.predict import PREDICTOR_SPECS, PredictorSpecError, build_predictor, parse_predictor
 from router.sim.report import RequestRecord, SimResult
 from router.sim.simulator import SimConfig
 from router.sim.sources import load_trace, trace_names
@@ -60,7 +60,9 @@ def _load_scales(_context: click.Context, _param: click.Parameter, value: str | 
 
 def _predictor(_context: click.Context, _param: click.Parameter, value: str) -> str:
     try:
-        return parse_predictor(value)
+        canonical = parse_predictor(value)
+        build_predictor(canonical)  # a saved model is loaded once here, so a damaged one fails now
+        return canonical
     except PredictorSpecError as error:
         raise click.BadParameter(str(error)) from None
 

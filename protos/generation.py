@@ -83,6 +83,7 @@ class GenerateInput:
     predicted_output_tokens: int | None = None
     traceparent: str | None = None
     tracestate: str | None = None
+    user: str | None = None  # the OpenAI ``user`` field: the router's tenant key for length prediction
 
     @property
     def is_chat(self) -> bool:

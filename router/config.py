@@ -57,6 +57,64 @@ class AdmissionConfig(BaseModel):
     retry_after_s: int = Field(default=1, ge=1)
 
 
+class OnlineCorrectionConfig(BaseModel):
+    """Rescaling of a learned model's estimates by its recent errors (``predictors.online``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = True
+    prior_observations: float = Field(default=20.0, ge=0)
+    window: int = Field(default=200, ge=1)
+    max_factor: float = Field(default=4.0, ge=1)
+
+
+class DriftConfig(BaseModel):
+    """When to fall back from a learned model to the running average (``predictors.drift``);
+    ``enabled: false`` keeps the model in use and only measures."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = True
+    window: int = Field(default=200, ge=2)
+    min_samples: int = Field(default=100, ge=2)
+    evaluate_every: int = Field(default=25, ge=1)
+    error_margin: float = Field(default=0.02, ge=0, lt=1)
+    tau_floor: float = Field(default=0.1, ge=-1, le=1)
+    hysteresis: float = Field(default=0.05, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DriftConfig:
+        if self.min_samples > self.window:
+            raise ValueError(f"min_samples ({self.min_samples}) cannot exceed window ({self.window})")
+        if self.error_margin + self.hysteresis >= 1:
+            raise ValueError("error_margin + hysteresis must be below 1")
+        return self
+
+
+class PredictorConfig(BaseModel):
+    """The output-length predictor: ``running_average`` (per model, prediction-free) or a learned
+    ``model`` saved in ``model_dir`` (giving ``model_dir`` alone means ``kind: model``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["running_average", "model"] | None = None
+    model_dir: Path | None = None
+    online_correction: OnlineCorrectionConfig = Field(default_factory=OnlineCorrectionConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+
+    @model_validator(mode="after")
+    def _kind_matches_model_dir(self) -> PredictorConfig:
+        if self.kind == "model" and self.model_dir is None:
+            raise ValueError("model_dir is required when kind is model")
+        if self.kind == "running_average" and self.model_dir is not None:
+            raise ValueError("model_dir is only for kind model")
+        return self
+
+    @property
+    def learned(self) -> bool:
+        return self.model_dir is not None
+
+
 class RouterConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -69,6 +127,7 @@ class RouterConfig(BaseModel):
     replicas: list[ReplicaConfig] = Field(default_factory=list)
     timeouts: TimeoutConfig = Field(default_factory=TimeoutConfig)
     admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
+    predictor: PredictorConfig = Field(default_factory=PredictorConfig)
     # model name -> a local tokenizer.json file or directory; other models get the approximate tokenizer
     tokenizers: dict[NonEmptyStr, NonEmptyStr] = Field(default_factory=dict)
     scrape_interval_s: float = Field(default=0.15, ge=0.1, le=0.25)

@@ -49,6 +49,14 @@ class _PieceMemo:
         return tokens
 
 
+def _last_user_message(request: GenerateInput) -> str | None:
+    """What a chat's answer answers: its last user message (what length predictors read)."""
+    for role, content in reversed(request.messages):
+        if role == "user":
+            return content
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class ShapedRequest:
     routing: RoutingRequest
@@ -104,7 +112,14 @@ class RequestShaper:
             arrival_time=now,
             priority=request.priority,
         )
-        features = PredictorFeatures.from_request(routing, tenant=tenant, prompt_text=request.prompt)
+        features = PredictorFeatures(
+            request.model,
+            len(tokens),
+            request.max_tokens,
+            tenant=request.user if tenant is None else tenant,
+            user=request.user,
+            prompt_text=request.prompt if request.prompt is not None else _last_user_message(request),
+        )
         if predictor is not None:
             # Built again rather than dataclasses.replace'd: replace costs as much as the rest here.
             routing = RoutingRequest(

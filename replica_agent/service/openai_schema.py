@@ -207,6 +207,7 @@ def to_generate_input(
         priority=body.priority or 0,
         traceparent=traceparent,
         tracestate=tracestate,
+        user=body.user,
     )
 
 

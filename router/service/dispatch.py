@@ -13,7 +13,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
@@ -132,6 +132,10 @@ class Dispatcher:
         if self.cluster.ledger.entry(request.request_id) is not None:
             raise InvalidRequestError(f"request id {request.request_id!r} is already in flight")
         shaped, decision, view = self.decide(request)
+        if request.predicted_output_tokens is None and shaped.routing.predicted is not None:
+            # The agent's memory-aware and predicted-SJF queues get the mean the ledger charged.
+            expected = round(shaped.routing.expected_output_tokens)
+            request = replace(request, predicted_output_tokens=expected)
         span = start_request_span("router.route", request, "dispatch", self._tracer)
         _describe_decision(span, decision)
         try:

@@ -11,9 +11,13 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from predictors.base import OutputLengthPredictor
+from predictors.drift import DriftSettings, SourceSwitch
+from predictors.guarded import GuardedPredictor, guard_learned
+from predictors.online import CorrectionSettings
 from predictors.running_average import RunningAveragePredictor
 from protos.text import Tokenizer, load_tokenizer
-from router.config import ReplicaConfig, RouterConfig, RouterConfigError
+from router.config import PredictorConfig, ReplicaConfig, RouterConfig, RouterConfigError
 from router.policy.config import profile_from_yaml
 from router.policy.profile import Profile
 from router.policy.registry import build_policy
@@ -62,13 +66,47 @@ def load_tokenizers(config: RouterConfig) -> dict[str, Tokenizer]:
     return tokenizers
 
 
+def load_length_predictor(config: PredictorConfig) -> OutputLengthPredictor:
+    """The running average, or the saved model under online correction and a drift guard; a model
+    directory that cannot be loaded is a config error."""
+    if config.model_dir is None:
+        return RunningAveragePredictor()
+    # Imported only when a model is configured: the learned models pull in scikit-learn.
+    from predictors.saved import PredictorLoadError, load_predictor
+
+    try:
+        learned = load_predictor(config.model_dir)
+    except PredictorLoadError as error:
+        raise RouterConfigError(f"predictor.model_dir: {error}") from None
+    fix, drift = config.online_correction, config.drift
+    correction = CorrectionSettings(fix.prior_observations, fix.window, fix.max_factor)
+    guard = DriftSettings(
+        drift.window, drift.min_samples, drift.evaluate_every, drift.error_margin, drift.tau_floor,
+        drift.hysteresis, switching=drift.enabled,
+    )  # fmt: skip
+    log.info("output-length predictor: the model in %s", config.model_dir)
+    return guard_learned(learned, correction if fix.enabled else None, guard, _log_switch)
+
+
+def _log_switch(switch: SourceSwitch) -> None:
+    log.warning(
+        "output-length predictor switched from %s to %s: %s",
+        switch.previous, switch.state.source, switch.reason,
+    )  # fmt: skip
+
+
 class Router:
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
         self.cluster = ClusterState()
         self.fleet = Fleet(self.cluster, config)
         self.policy = load_policy(config)
-        self.metrics = RouterMetrics(view=lambda: self.cluster.view(time.monotonic()))
+        self.predictor = load_length_predictor(config.predictor)
+        guarded = self.predictor if isinstance(self.predictor, GuardedPredictor) else None
+        self.metrics = RouterMetrics(
+            view=lambda: self.cluster.view(time.monotonic()),
+            predictor=None if guarded is None else (lambda: guarded.state),
+        )
         self.shaper = RequestShaper(load_tokenizers(config))
         admission = config.admission
         self.dispatcher = Dispatcher(
@@ -77,7 +115,7 @@ class Router:
             self.policy,
             self.shaper,
             self.metrics,
-            predictor=RunningAveragePredictor(),
+            predictor=self.predictor,
             settings=DispatchSettings(
                 max_attempts=admission.max_attempts,
                 retry_backoff_s=admission.retry_backoff_s,

@@ -11,9 +11,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from predictors.drift import DriftState, PredictionSource
 from router.policy.view import ClusterView
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -54,6 +55,50 @@ class _ReplicaLoadCollector(Collector):
         yield from gauges.values()
 
 
+class _PredictorCollector(Collector):
+    """The output-length predictor: which source routing uses and how each one does lately. Without
+    a learned model (``state`` None) only the source, the running average, is exported."""
+
+    def __init__(self, state: Callable[[], DriftState] | None) -> None:
+        self._state = state
+
+    def collect(self) -> Iterator[Metric]:
+        state = None if self._state is None else self._state()
+        in_use = PredictionSource.BASELINE if state is None else state.source
+        source = GaugeMetricFamily(
+            "fleetroute_predictor_source", "1 for the output-length source routing uses", labels=["source"]
+        )
+        for candidate in PredictionSource if state is not None else (PredictionSource.BASELINE,):
+            source.add_metric([candidate.value], 1.0 if candidate is in_use else 0.0)
+        yield source
+        if state is None:
+            return
+        yield CounterMetricFamily(
+            "fleetroute_predictor_switches", "Switches between the model and the running average",
+            value=state.switches,
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "fleetroute_predictor_window_requests",
+            "Finished requests in the drift window",
+            value=state.samples,
+        )
+        if state.kendall_tau is None or state.model_error is None or state.baseline_error is None:
+            return  # not judged yet
+        yield GaugeMetricFamily(
+            "fleetroute_predictor_kendall_tau",
+            "Rolling Kendall rank correlation of the model's predictions with actual lengths",
+            value=state.kendall_tau,
+        )
+        error = GaugeMetricFamily(
+            "fleetroute_predictor_log_error",
+            "Rolling mean absolute log error of each source's predicted median length",
+            labels=["source"],
+        )
+        error.add_metric([PredictionSource.MODEL.value], state.model_error)
+        error.add_metric([PredictionSource.BASELINE.value], state.baseline_error)
+        yield error
+
+
 @dataclass(frozen=True, slots=True)
 class _PolicySeries:
     ttft: Histogram
@@ -63,7 +108,11 @@ class _PolicySeries:
 
 
 class RouterMetrics:
-    def __init__(self, view: Callable[[], ClusterView] | None = None) -> None:
+    def __init__(
+        self,
+        view: Callable[[], ClusterView] | None = None,
+        predictor: Callable[[], DriftState] | None = None,
+    ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -99,6 +148,7 @@ class RouterMetrics:
         )
         if view is not None:
             r.register(_ReplicaLoadCollector(view))
+        r.register(_PredictorCollector(predictor))
         # Labelled children, looked up once: ``labels()`` takes a lock and builds a key every call.
         self._series: dict[str, _PolicySeries] = {}
         self._outcomes: dict[tuple[str, str, str], Counter] = {}

@@ -1,6 +1,9 @@
 """Output-length predictors for simulated routing, chosen by a spec string.
 
 - ``none``: the production default, a running average of finished requests' lengths;
+- ``model:<dir>``: the learned predictor saved in ``<dir>``, as the router runs it (online
+  correction under the drift guard that falls back to the running average);
+- ``model-raw:<dir>``: that learned predictor alone (a bare ``<dir>`` means ``model:<dir>``);
 - ``oracle``: every request's true output length, as a point estimate;
 - ``noisy:<rel_err>``: the true length times a lognormal(0, rel_err) error, drawn once per request
   from the seed and the request id (so runs are deterministic and every policy sees the same
@@ -8,22 +11,28 @@
   90th percentile those of the lognormal around it. ``noisy:0`` is ``oracle``.
 
 The simulated engines run every request to its trace length (``ignore_eos``), so the true output
-length is the request's ``max_tokens``.
+length is the request's ``max_tokens``. Production predictors see the request's prompt text when
+the trace has it (``prompts``, by request id).
 """
 
 from __future__ import annotations
 
 import math
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from predictors.base import OutputLengthPredictor, PredictorFeatures
+from predictors.guarded import guard_learned
 from predictors.running_average import RunningAveragePredictor
+from predictors.saved import PredictorLoadError, load_predictor, read_metadata
 from protos.routing import LengthEstimate
 from replica_agent.engine.request import RequestSpec
 
-PREDICTOR_SPECS = ("none", "oracle", "noisy:<rel_err>")
+PREDICTOR_SPECS = ("none", "model:<dir>", "model-raw:<dir>", "oracle", "noisy:<rel_err>")
+MODEL_SPECS = ("model", "model-raw")
 _P90_Z = 1.2815515655446004  # the standard normal's 90th percentile
 
 
@@ -32,6 +41,10 @@ class PredictorSpecError(ValueError):
 
 
 class RequestPredictor(Protocol):
+    def prompt_text(self, request_id: str) -> str | None:
+        """The request's prompt text, when the predictor may read it."""
+        ...
+
     def estimate(self, spec: RequestSpec, features: PredictorFeatures) -> LengthEstimate:
         """The output-length estimate the router attaches to the request."""
         ...
@@ -46,6 +59,10 @@ class FeaturePredictor:
     """A production predictor, which sees only what the router sees."""
 
     predictor: OutputLengthPredictor = field(default_factory=RunningAveragePredictor)
+    prompts: Mapping[str, str] = field(default_factory=dict)
+
+    def prompt_text(self, request_id: str) -> str | None:
+        return self.prompts.get(request_id)
 
     def estimate(self, spec: RequestSpec, features: PredictorFeatures) -> LengthEstimate:
         return self.predictor.predict(features)
@@ -64,6 +81,9 @@ class TrueLengthPredictor:
     def __post_init__(self) -> None:
         if not (math.isfinite(self.rel_err) and self.rel_err >= 0):
             raise PredictorSpecError(f"rel_err must be finite and non-negative, got {self.rel_err}")
+
+    def prompt_text(self, request_id: str) -> str | None:
+        return None  # it knows the answer already
 
     def estimate(self, spec: RequestSpec, features: PredictorFeatures) -> LengthEstimate:
         true_tokens = float(spec.params.max_tokens)
@@ -86,7 +106,11 @@ def parse_predictor(spec: str) -> str:
     text = spec.strip()
     if text in ("none", "oracle"):
         return text
+    if Path(text).expanduser().is_dir():  # a bare directory: the model, as the router runs it
+        return f"model:{_model_dir(text)}"
     name, _, value = text.partition(":")
+    if name in MODEL_SPECS:
+        return f"{name}:{_model_dir(value)}"
     if name == "noisy":
         try:
             rel_err = float(value)
@@ -97,11 +121,31 @@ def parse_predictor(spec: str) -> str:
     raise PredictorSpecError(f"unknown predictor {spec!r}; choose from {', '.join(PREDICTOR_SPECS)}")
 
 
-def build_predictor(spec: str, seed: int = 0) -> RequestPredictor:
-    """A fresh predictor for one run."""
+def _model_dir(value: str) -> Path:
+    """A predictor directory whose metadata reads; its model is loaded by :func:`build_predictor`."""
+    if not value.strip():
+        raise PredictorSpecError("model:<dir> needs the directory of a saved predictor")
+    directory = Path(value.strip()).expanduser().resolve()
+    try:
+        read_metadata(directory)
+    except PredictorLoadError as error:
+        raise PredictorSpecError(str(error)) from None
+    return directory
+
+
+def build_predictor(spec: str, seed: int = 0, prompts: Mapping[str, str] | None = None) -> RequestPredictor:
+    """A fresh predictor for one run; ``prompts`` maps request ids to their prompt text."""
     canonical = parse_predictor(spec)
+    prompts = prompts or {}
     if canonical == "none":
-        return FeaturePredictor()
+        return FeaturePredictor(prompts=prompts)
+    name, _, value = canonical.partition(":")
+    if name in MODEL_SPECS:
+        try:
+            learned = load_predictor(Path(value))
+        except PredictorLoadError as error:
+            raise PredictorSpecError(str(error)) from None
+        return FeaturePredictor(learned if name == "model-raw" else guard_learned(learned), prompts)
     if canonical == "oracle":
         return TrueLengthPredictor(0.0, seed)
     return TrueLengthPredictor(float(canonical.partition(":")[2]), seed)

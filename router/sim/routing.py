@@ -52,7 +52,8 @@ class SimRouter:
 
     def shape(self, spec: RequestSpec, now: float) -> RoutedRequest:
         """``max_tokens`` is what a client would send: the configured cap, never below the true
-        length (so it does not reveal the true length to policies)."""
+        length (so it does not reveal the true length to policies). As in production, the replica
+        gets the predicted mean for its length-aware queues."""
         routing = RoutingRequest(
             request_id=spec.request_id,
             model=self.model,
@@ -61,9 +62,13 @@ class SimRouter:
             max_tokens=max(self.client_max_tokens, spec.params.max_tokens),
             arrival_time=now,
         )
-        features = PredictorFeatures.from_request(routing)
-        if self.predictor is not None:
-            routing = replace(routing, predicted=self.predictor.estimate(spec, features))
+        if self.predictor is None:
+            return RoutedRequest(spec, routing, PredictorFeatures.from_request(routing))
+        prompt_text = self.predictor.prompt_text(spec.request_id)
+        features = PredictorFeatures.from_request(routing, prompt_text=prompt_text)
+        routing = replace(routing, predicted=self.predictor.estimate(spec, features))
+        if spec.predicted_output_tokens is None:
+            spec = replace(spec, predicted_output_tokens=round(routing.expected_output_tokens))
         return RoutedRequest(spec, routing, features)
 
     def route(self, request: RoutedRequest, now: float) -> RouteDecision:

@@ -11,7 +11,7 @@ from router.sim.predict import build_predictor
 from router.sim.report import SimResult
 from router.sim.simulator import SimConfig, Simulator
 from router.sim.sources import load_trace
-from router.sim.traces import TraceRequest, to_specs
+from router.sim.traces import TraceRequest, prompt_texts, to_specs
 
 __all__ = ["load_trace", "scaled_specs", "simulate"]
 
@@ -47,7 +47,7 @@ def simulate(
         build_fleet(fleet, seed=config.seed),
         build_sim_policy(policy),
         config,
-        predictor=build_predictor(forced_predictor(policy) or predictor, config.seed),
+        predictor=build_predictor(forced_predictor(policy) or predictor, config.seed, prompt_texts(trace)),
         on_request_done=on_request_done,
     )
     return simulator.run(scaled_specs(trace, rate_scale, duration_s))

@@ -9,7 +9,10 @@ Trace names refer to the public traces kept next to the repository, in ``../shar
 Synthetic workloads are named too: ``poisson`` (Poisson arrivals) and ``gamma:<shape>`` (Gamma
 inter-arrival times with that shape: below 1 is burstier than Poisson), at 1 request/s, with
 (prompt, output) lengths resampled from ``azure2023_conv``; set their rate with ``--rate`` or
-``--load-scale``.
+``--load-scale``. ``alpaca_eval`` and ``alpaca_eval:<generator>`` are Poisson arrivals at 1
+request/s of AlpacaEval instructions (their text included, for output-length predictors) with the
+length of one model's real answer (``Meta-Llama-3.1-8B-Instruct-Turbo`` by default), read from
+``../shared/data/prompts/`` (CC BY-NC 4.0: read there, never copied).
 
 Anything else is taken as a path: an Azure-style or generic ``.csv``, a Mooncake-style or generic
 ``.jsonl`` (the generic format is recognised by its ``arrival_s`` field), or a ServeGen directory.
@@ -25,14 +28,18 @@ from router.sim.traces import (
     TraceFormatError,
     TraceRequest,
     is_generic,
+    load_alpaca_eval,
     load_azure_csv,
     load_generic,
     load_mooncake_jsonl,
     sample_servegen,
 )
-from router.sim.workloads import TraceLengths, gamma_workload
+from router.sim.workloads import TraceLengths, gamma_workload, prompted_workload
 
 SHARED_TRACES_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "traces"
+SHARED_PROMPTS_DIR = SHARED_TRACES_DIR.parent / "prompts"
+ALPACA_EVAL = "alpaca_eval"
+DEFAULT_ALPACA_EVAL_GENERATOR = "Meta-Llama-3.1-8B-Instruct-Turbo"
 TRACE_FILES: Mapping[str, str] = MappingProxyType(
     {
         "azure2023_conv": "azure2023_conv.csv",
@@ -44,7 +51,7 @@ DEFAULT_SERVEGEN_REQUESTS = 1000
 DEFAULT_SERVEGEN_RATE_PER_S = 10.0
 DEFAULT_SYNTHETIC_REQUESTS = 1000
 SYNTHETIC_LENGTHS = "azure2023_conv"
-SYNTHETIC_NAMES = ("poisson", "gamma:<shape>")
+SYNTHETIC_NAMES = ("poisson", "gamma:<shape>", "alpaca_eval[:<generator>]")
 
 
 def trace_names() -> tuple[str, ...]:
@@ -83,6 +90,10 @@ def load_trace(name_or_path: str | Path, limit: int | None = None, seed: int = 0
     (``DEFAULT_SYNTHETIC_REQUESTS`` without a limit). A ServeGen directory gives
     ``limit`` requests (``DEFAULT_SERVEGEN_REQUESTS`` without one) at Poisson arrivals of
     ``DEFAULT_SERVEGEN_RATE_PER_S`` with lengths from its pooled distributions."""
+    name, _, generator = str(name_or_path).partition(":")
+    if name == ALPACA_EVAL:
+        rows = load_alpaca_eval(SHARED_PROMPTS_DIR, generator or DEFAULT_ALPACA_EVAL_GENERATOR)
+        return prompted_workload(rows, 1.0, count=limit or DEFAULT_SYNTHETIC_REQUESTS, seed=seed)
     shape = synthetic_shape(str(name_or_path))
     if shape is not None:
         lengths = TraceLengths(load_trace(SYNTHETIC_LENGTHS))

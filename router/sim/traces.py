@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from predictors.data import DataFormatError, convert_alpaca_eval, count_tokens
 from replica_agent.engine.request import RequestSpec, SamplingParams
 
 MOONCAKE_BLOCK_TOKENS = 512
@@ -148,6 +149,23 @@ def sample_servegen(
     ]
 
 
+def load_alpaca_eval(prompts_dir: Path, generator: str) -> list[TraceRequest]:
+    """AlpacaEval instructions with the length of ``generator``'s real answer to each, counted as
+    predictor training data counts them (:mod:`predictors.data`), all arriving at 0."""
+    try:
+        rows = convert_alpaca_eval(prompts_dir)
+    except DataFormatError as error:
+        raise TraceFormatError(str(error)) from None
+    chosen = [row for row in rows if row.model == generator]
+    if not chosen:
+        known = ", ".join(sorted({row.model for row in rows}))
+        raise TraceFormatError(f"no AlpacaEval answers from generator {generator!r} (known: {known})")
+    return [
+        TraceRequest(0.0, max(1, count_tokens(row.prompt)), max(1, row.output_tokens), prompt=row.prompt)
+        for row in chosen
+    ]
+
+
 def prompt_tokens_for(index: int, request: TraceRequest) -> tuple[int, ...]:
     if not request.prefix_ids:
         base = index * _DISJOINT_STRIDE
@@ -179,6 +197,11 @@ def to_specs(
             params=SamplingParams(max_tokens=request.output_tokens, ignore_eos=True),
             predicted_output_tokens=request.output_tokens if with_prediction else None,
         )
+
+
+def prompt_texts(trace: Sequence[TraceRequest], id_prefix: str = "req") -> dict[str, str]:
+    """The prompt text of each request of ``trace`` that has one, by the id :func:`to_specs` gives it."""
+    return {f"{id_prefix}-{index}": r.prompt for index, r in enumerate(trace) if r.prompt is not None}
 
 
 GENERIC_REQUIRED = ("arrival_s", "prompt_tokens", "output_tokens")

@@ -5,7 +5,9 @@ Arrival processes (each takes a mean rate in requests/s, a count or a duration, 
 - Poisson: exponential inter-arrival times (coefficient of variation 1);
 - Gamma: Gamma-distributed inter-arrival times with ``shape`` k and the same mean, so their
   coefficient of variation is ``1/sqrt(k)``: k < 1 is bursty, k = 1 is Poisson, k > 1 is smoother;
-- ServeGen: Poisson arrivals with the pooled ServeGen client length distributions.
+- ServeGen: Poisson arrivals with the pooled ServeGen client length distributions;
+- prompted: Poisson arrivals of requests resampled whole (prompt text included) from a list, such
+  as AlpacaEval instructions with a real model's answer lengths.
 
 Request lengths come from a :class:`LengthSource`: :class:`PmfLengths` draws prompt and output
 lengths independently from two distributions (such as ServeGen's), :class:`TraceLengths` resamples
@@ -106,6 +108,24 @@ def servegen_workload(
 ) -> list[TraceRequest]:
     """Poisson arrivals at ``rate_per_s`` with the pooled ServeGen client length distributions."""
     return poisson_workload(rate_per_s, PmfLengths.from_servegen(directory), count, duration_s, seed)
+
+
+def prompted_workload(
+    rows: Sequence[TraceRequest],
+    rate_per_s: float,
+    count: int | None = None,
+    duration_s: float | None = None,
+    seed: int = 0,
+) -> list[TraceRequest]:
+    """Poisson arrivals at ``rate_per_s`` of ``rows`` drawn with replacement, prompt text and all."""
+    if not rows:
+        raise ValueError("cannot sample requests from an empty list")
+    if not rate_per_s > 0:
+        raise ValueError(f"rate_per_s must be positive, got {rate_per_s}")
+    rng = np.random.default_rng(seed)
+    arrivals = _gamma_arrivals(rate_per_s, 1.0, count, duration_s, rng)
+    picks = rng.integers(0, len(rows), size=len(arrivals))
+    return [replace(rows[i], arrival_s=float(t)) for t, i in zip(arrivals, picks, strict=True)]
 
 
 def _gamma_arrivals(

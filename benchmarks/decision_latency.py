@@ -1,4 +1,4 @@
-"""Routing decision latency: how long ``Profile.decide`` takes per named policy, in one thread, on
+"""Routing decision latency: how long ``Profile.decide`` takes per named policy, in pure Python, on
 random but plausible views of mixed-GPU fleets of 8 to 1024 replicas.
 
 Each decision sees a view in which one replica has just sent a new snapshot (its running batch
@@ -166,8 +166,7 @@ def run(
         for policy, r in results.items()
     ]
     body = (
-        "`Profile.decide` per named policy (numpy columns kept from view to view), one thread: "
-        f"the median over {repeats} runs of "
+        f"`Profile.decide` per named policy, pure Python, one thread: the median over {repeats} runs of "
         f"each run's p50 and p99, a run being {decisions} decisions at up to 64 replicas, proportionally "
         "fewer above (at least 200). Fleets mix "
         f"{', '.join(GPUS)} serving `{MODEL}`; each decision follows a new snapshot from one replica; "

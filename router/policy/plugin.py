@@ -8,15 +8,11 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
-from itertools import repeat
 from typing import NamedTuple, Protocol
 
-import numpy as np
-
 from protos.routing import RoutingRequest
-from router.policy.columns import Candidates, Floats, Mask
 from router.policy.view import ClusterView, ReplicaLoad
 
 
@@ -49,8 +45,6 @@ class CandidateScore(NamedTuple):
     parts: tuple[tuple[str, float], ...]  # (scorer name, its score) before weighting
 
 
-ScoreColumn = Sequence[float] | Floats  # one value per candidate
-
 _NEW_SCORE = partial(tuple.__new__, CandidateScore)
 
 
@@ -62,41 +56,6 @@ def candidate_scores(
     return scores
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class ScoreTable:
-    """Every candidate's total and per-scorer scores as columns (candidate order); the per-candidate
-    records are built when first asked for, since most decisions only need the choice."""
-
-    replica_ids: Sequence[str]
-    totals: ScoreColumn
-    scorer_names: tuple[str, ...] = ()
-    columns: tuple[ScoreColumn, ...] = ()
-
-    def records(self) -> tuple[CandidateScore, ...]:
-        ids, totals = list(self.replica_ids), _floats(self.totals)
-        if not self.scorer_names:
-            return candidate_scores(ids, totals, repeat((), len(ids)))
-        named = (
-            zip(repeat(name), _floats(column))
-            for name, column in zip(self.scorer_names, self.columns, strict=True)
-        )
-        return candidate_scores(ids, totals, zip(*named, strict=True))
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, ScoreTable) and self.records() == other.records()
-
-    def __hash__(self) -> int:
-        return hash(self.records())
-
-
-NO_SCORES = ScoreTable((), ())
-
-
-def _floats(values: ScoreColumn) -> list[float]:
-    as_list: list[float] = values.tolist() if isinstance(values, np.ndarray) else list(values)
-    return as_list
-
-
 @dataclass(frozen=True, slots=True)
 class RouteDecision:
     """The choice and why: every candidate's score, what was filtered out, a short reason."""
@@ -104,19 +63,9 @@ class RouteDecision:
     request_id: str
     policy: str
     replica_id: str | None
-    table: ScoreTable
+    scores: tuple[CandidateScore, ...]
     filtered_out: tuple[tuple[str, str], ...]  # (replica id, filter name)
     reason: str
-    _scores: tuple[CandidateScore, ...] | None = field(default=None, init=False, repr=False, compare=False)
-
-    @property
-    def scores(self) -> tuple[CandidateScore, ...]:
-        """Every candidate's score, in candidate order."""
-        scores = self._scores
-        if scores is None:
-            scores = self.table.records()
-            object.__setattr__(self, "_scores", scores)
-        return scores
 
     @property
     def ranked(self) -> tuple[str, ...]:
@@ -131,25 +80,3 @@ class Picker(Protocol):
     def name(self) -> str: ...
 
     def pick(self, scores: Sequence[CandidateScore], rng: random.Random) -> str | None: ...
-
-
-# The column forms of the plugins. A profile uses them when a plugin offers them (every plugin of the
-# catalogue does), and the record forms above otherwise; both must give the same answers.
-
-
-class ColumnFilter(Filter, Protocol):
-    def keep(self, request: RoutingRequest, candidates: Candidates, view: ClusterView) -> Mask:
-        """One flag per candidate: whether it stays."""
-        ...
-
-
-class ColumnScorer(Scorer, Protocol):
-    def score_columns(self, request: RoutingRequest, candidates: Candidates, view: ClusterView) -> Floats:
-        """One score per candidate, in candidate order (clamped to [0, 1] by the profile)."""
-        ...
-
-
-class ColumnPicker(Picker, Protocol):
-    def pick_index(self, totals: Floats, rng: random.Random) -> int | None:
-        """The position of the chosen candidate in ``totals`` (candidate order), or None."""
-        ...

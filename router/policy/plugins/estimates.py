@@ -5,10 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
-
 from protos.routing import RoutingRequest
-from router.policy.columns import BLOCK_SIZE, Candidates, Floats
 from router.policy.view import ClusterView, ReplicaLoad, match_counts
 
 
@@ -66,15 +63,3 @@ def kv_fits(request: RoutingRequest, replica: ReplicaLoad, matched: int) -> bool
     reserved output."""
     needed = blocks_needed(request, reserved_output_tokens(request), matched, replica.block_size)
     return needed <= replica.projected_free_blocks
-
-
-def blocks_for_tokens(tokens: float, candidates: Candidates) -> Floats | float:
-    """KV blocks that ``tokens`` tokens fill on each candidate (0 where the block size is unknown);
-    one number when the candidates share their block size."""
-    shared = candidates.block_size
-    if shared is not None:
-        return -(-tokens // shared) if shared > 0 else 0.0
-    block_sizes = candidates.column(BLOCK_SIZE)
-    known = block_sizes > 0
-    blocks: Floats = np.where(known, -np.floor_divide(-tokens, np.where(known, block_sizes, 1.0)), 0.0)
-    return blocks

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from protos.routing import RoutingRequest
-from router.policy.columns import ROUTABLE, Candidates, Mask, candidates_of, loads_where
 from router.policy.view import ClusterView, ReplicaLoad
 
 
@@ -18,7 +17,4 @@ class HealthyFilter:
     def filter(
         self, request: RoutingRequest, candidates: Sequence[ReplicaLoad], view: ClusterView
     ) -> Sequence[ReplicaLoad]:
-        return loads_where(candidates, self.keep(request, candidates_of(candidates), view))
-
-    def keep(self, request: RoutingRequest, candidates: Candidates, view: ClusterView) -> Mask:
-        return candidates.column(ROUTABLE) > 0.0
+        return [r for r in candidates if r.healthy and not r.draining and not r.circuit_open]

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from protos.routing import RoutingRequest
-from router.policy.columns import ROOM, Candidates, Mask, candidates_of, every, loads_where, some
-from router.policy.plugins.estimates import blocks_for_tokens, reserved_output_tokens
+from router.policy.plugins.estimates import reserved_output_tokens
 from router.policy.view import ClusterView, ReplicaLoad
 
 
@@ -26,14 +25,20 @@ class KvHeadroomFilter:
     def filter(
         self, request: RoutingRequest, candidates: Sequence[ReplicaLoad], view: ClusterView
     ) -> Sequence[ReplicaLoad]:
-        return loads_where(candidates, self.keep(request, candidates_of(candidates), view))
-
-    def keep(self, request: RoutingRequest, candidates: Candidates, view: ClusterView) -> Mask:
-        # kv_fits, a column at a time. The prefix index is asked only when some candidate does not
-        # fit without its cached blocks.
-        needed = blocks_for_tokens(request.prompt_tokens + reserved_output_tokens(request), candidates)
-        room = candidates.column(ROOM)  # a request needing no new block still fits
-        fits = room >= needed
-        if request.block_hashes and not every(fits):
-            fits = room >= needed - candidates.matched_blocks(request, view)
-        return fits if some(fits) else fits | True
+        # kv_fits, inlined: this runs over every candidate on every request. The prefix index is
+        # asked only when the request does not fit without its cached blocks.
+        prompt, hashes = request.prompt_tokens, request.block_hashes
+        footprint_tokens = prompt + reserved_output_tokens(request)
+        match = view.prefix.match_blocks
+        fitting = []
+        block_size = needed = 0
+        for replica in candidates:
+            if replica.block_size != block_size:
+                block_size = replica.block_size
+                needed = -int(-footprint_tokens // block_size) if block_size > 0 else 0
+            room = replica.free_blocks - replica.pending_blocks
+            if room < 0:
+                room = 0  # a request needing no new block still fits
+            if needed <= room or (hashes and needed - match(replica.replica_id, hashes) <= room):
+                fitting.append(replica)
+        return fitting if fitting else candidates

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from protos.routing import RoutingRequest
-from router.policy.columns import MODEL, Candidates, Mask, candidates_of, filled, loads_where
 from router.policy.view import ClusterView, ReplicaLoad
 
 
@@ -18,13 +17,7 @@ class ModelFilter:
     def filter(
         self, request: RoutingRequest, candidates: Sequence[ReplicaLoad], view: ClusterView
     ) -> Sequence[ReplicaLoad]:
-        return loads_where(candidates, self.keep(request, candidates_of(candidates), view))
-
-    def keep(self, request: RoutingRequest, candidates: Candidates, view: ClusterView) -> Mask:
-        code = candidates.fleet.models.find(request.model) if request.model else None
-        if not request.model or (code is not None and code == candidates.model):
-            return filled(len(candidates), True) > 0  # every candidate serves it
-        if code is None:  # no replica has ever served it
-            return filled(len(candidates), False) > 0
-        serving: Mask = candidates.column(MODEL) == code
-        return serving
+        model = request.model
+        if not model:
+            return candidates
+        return [r for r in candidates if r.model == model]

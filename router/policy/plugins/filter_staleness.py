@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from protos.routing import RoutingRequest
-from router.policy.columns import STALENESS, Candidates, Mask, candidates_of, loads_where
 from router.policy.view import ClusterView, ReplicaLoad
 
 
@@ -29,7 +28,5 @@ class StalenessFilter:
     def filter(
         self, request: RoutingRequest, candidates: Sequence[ReplicaLoad], view: ClusterView
     ) -> Sequence[ReplicaLoad]:
-        return loads_where(candidates, self.keep(request, candidates_of(candidates), view))
-
-    def keep(self, request: RoutingRequest, candidates: Candidates, view: ClusterView) -> Mask:
-        return candidates.column(STALENESS) <= self.max_staleness_s
+        bound = self.max_staleness_s
+        return [r for r in candidates if r.staleness_s <= bound]

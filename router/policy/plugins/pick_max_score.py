@@ -7,9 +7,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-import numpy as np
-
-from router.policy.columns import Floats
 from router.policy.plugin import CandidateScore
 
 TIE_TOLERANCE = 1e-12  # totals are weighted sums: equal inputs can differ in the last bit
@@ -20,13 +17,9 @@ class MaxScorePicker:
     name: ClassVar[str] = "max_score"
 
     def pick(self, scores: Sequence[CandidateScore], rng: random.Random) -> str | None:
-        index = self.pick_index(np.array([s.total for s in scores], dtype=np.float64), rng)
-        return None if index is None else scores[index].replica_id
-
-    def pick_index(self, totals: Floats, rng: random.Random) -> int | None:
-        if not len(totals):
+        if not scores:
             return None
-        best = int(totals.argmax())
-        tied = totals >= totals[best] - TIE_TOLERANCE
-        count = int(np.count_nonzero(tied))
-        return best if count == 1 else int(np.flatnonzero(tied)[rng.randrange(count)])
+        totals = [s.total for s in scores]
+        threshold = max(totals) - TIE_TOLERANCE
+        tied = [s for s, total in zip(scores, totals, strict=True) if total >= threshold]
+        return (tied[0] if len(tied) == 1 else tied[rng.randrange(len(tied))]).replica_id

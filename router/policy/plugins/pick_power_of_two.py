@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from router.policy.columns import Floats
 from router.policy.plugin import CandidateScore
 
 
@@ -17,15 +16,12 @@ class PowerOfTwoPicker:
     name: ClassVar[str] = "power_of_two"
 
     def pick(self, scores: Sequence[CandidateScore], rng: random.Random) -> str | None:
-        index = self.pick_index([s.total for s in scores], rng)
-        return None if index is None else scores[index].replica_id
-
-    def pick_index(self, totals: Sequence[float] | Floats, rng: random.Random) -> int | None:
-        count = len(totals)
+        count = len(scores)
         if count <= 1:
-            return 0 if count else None
+            return scores[0].replica_id if scores else None
         first = rng.randrange(count)
         second = rng.randrange(count - 1)
         if second >= first:
             second += 1
-        return second if totals[second] > totals[first] else first
+        a, b = scores[first], scores[second]
+        return b.replica_id if b.total > a.total else a.replica_id

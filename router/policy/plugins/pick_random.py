@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence, Sized
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -15,8 +15,6 @@ class RandomPicker:
     name: ClassVar[str] = "random"
 
     def pick(self, scores: Sequence[CandidateScore], rng: random.Random) -> str | None:
-        index = self.pick_index(scores, rng)
-        return None if index is None else scores[index].replica_id
-
-    def pick_index(self, totals: Sized, rng: random.Random) -> int | None:
-        return rng.randrange(len(totals)) if len(totals) else None
+        if not scores:
+            return None
+        return scores[rng.randrange(len(scores))].replica_id

@@ -7,7 +7,7 @@ rotate independently. When the candidate list changes the rotation continues by 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence, Sized
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -20,12 +20,8 @@ class RoundRobinPicker:
     _turn: int = field(default=0, init=False, repr=False)
 
     def pick(self, scores: Sequence[CandidateScore], rng: random.Random) -> str | None:
-        index = self.pick_index(scores, rng)
-        return None if index is None else scores[index].replica_id
-
-    def pick_index(self, totals: Sized, rng: random.Random) -> int | None:
-        if not len(totals):
+        if not scores:
             return None
-        chosen = self._turn % len(totals)
+        chosen = scores[self._turn % len(scores)].replica_id
         self._turn += 1
         return chosen

@@ -14,13 +14,12 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from protos.routing import RoutingRequest
-from router.policy.columns import INFLIGHT, Candidates, Floats, candidates_of, highest, lowest, scores_by_id
-from router.policy.plugins.score_maps import lower_is_better_column
-from router.policy.plugins.score_prefix import match_ratio_column
+from router.policy.plugins.score_maps import lower_is_better
+from router.policy.plugins.score_prefix import match_ratios
 from router.policy.view import ClusterView, ReplicaLoad
 
 
-def load_is_balanced(loads: Sequence[float], abs_threshold: float, rel_threshold: float) -> bool:
+def load_is_balanced(loads: Sequence[int], abs_threshold: float, rel_threshold: float) -> bool:
     if not loads:
         return True
     low, high = min(loads), max(loads)
@@ -49,16 +48,10 @@ class CacheAwareScorer:
     def score(
         self, request: RoutingRequest, candidates: Sequence[ReplicaLoad], view: ClusterView
     ) -> Mapping[str, float]:
-        everyone = candidates_of(candidates)
-        return scores_by_id(everyone, self.score_columns(request, everyone, view))
-
-    def score_columns(self, request: RoutingRequest, candidates: Candidates, view: ClusterView) -> Floats:
-        loads = candidates.column(INFLIGHT)
-        if not len(loads) or load_is_balanced(
-            (lowest(loads), highest(loads)), self.balance_abs_threshold, self.balance_rel_threshold
-        ):
-            ratios = match_ratio_column(request, candidates, view)
-            longest = highest(ratios) if len(ratios) else 0.0
+        loads = {r.replica_id: r.inflight_requests for r in candidates}
+        if load_is_balanced(list(loads.values()), self.balance_abs_threshold, self.balance_rel_threshold):
+            ratios = match_ratios(request, candidates, view)
+            longest = max(ratios.values(), default=0.0)
             if longest > 0 and longest >= self.cache_threshold:
                 return ratios
-        return lower_is_better_column(loads)
+        return lower_is_better(loads)

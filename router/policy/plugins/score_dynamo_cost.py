@@ -13,21 +13,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-import numpy as np
-
 from protos.routing import RoutingRequest
-from router.policy.columns import (
-    BLOCK_SIZE,
-    QUEUED_PREFILL,
-    ROOM,
-    TOTAL,
-    Candidates,
-    Floats,
-    candidates_of,
-    scores_by_id,
-)
-from router.policy.plugins.estimates import uncached_prompt_tokens
-from router.policy.plugins.score_maps import ratio_column
+from router.policy.plugins.estimates import matched_blocks_all, replica_ids, uncached_prompt_tokens
+from router.policy.plugins.score_maps import ratio_scores_of
 from router.policy.view import ClusterView, ReplicaLoad
 
 
@@ -53,14 +41,18 @@ class DynamoCostScorer:
     def score(
         self, request: RoutingRequest, candidates: Sequence[ReplicaLoad], view: ClusterView
     ) -> Mapping[str, float]:
-        everyone = candidates_of(candidates)
-        return scores_by_id(everyone, self.score_columns(request, everyone, view))
-
-    def score_columns(self, request: RoutingRequest, candidates: Candidates, view: ClusterView) -> Floats:
-        # dynamo_cost, a column at a time.
-        block_sizes = candidates.column(BLOCK_SIZE)
-        matched = candidates.matched_blocks(request, view)
-        uncached = np.maximum(request.prompt_tokens - matched * block_sizes, 0.0)
-        queued = candidates.column(QUEUED_PREFILL) + uncached
-        active = np.maximum(candidates.column(TOTAL) - candidates.column(ROOM), 0.0)
-        return ratio_column(self.prefill_weight * (queued / np.maximum(block_sizes, 1.0)) + active, 1.0)
+        # dynamo_cost, inlined.
+        weight, prompt = self.prefill_weight, request.prompt_tokens
+        ids = replica_ids(candidates)
+        costs: list[float] = []
+        matches = matched_blocks_all(request, candidates, view, ids)
+        for r, matched in zip(candidates, matches, strict=True):
+            block_size = r.block_size
+            uncached = prompt - matched * block_size
+            queued = r.waiting_prefill_tokens + r.pending_prefill_tokens + (uncached if uncached > 0 else 0)
+            free = r.free_blocks - r.pending_blocks
+            active = r.total_blocks - (free if free > 0 else 0)
+            costs.append(
+                weight * (queued / (block_size if block_size > 1 else 1)) + (active if active > 0 else 0)
+            )
+        return ratio_scores_of(ids, costs, 1.0)

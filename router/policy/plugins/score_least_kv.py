@@ -7,10 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-import numpy as np
-
 from protos.routing import RoutingRequest
-from router.policy.columns import ROOM, TOTAL, Candidates, Floats, candidates_of, scores_by_id
 from router.policy.view import ClusterView, ReplicaLoad
 
 
@@ -21,12 +18,8 @@ class LeastKvScorer:
     def score(
         self, request: RoutingRequest, candidates: Sequence[ReplicaLoad], view: ClusterView
     ) -> Mapping[str, float]:
-        everyone = candidates_of(candidates)
-        return scores_by_id(everyone, self.score_columns(request, everyone, view))
-
-    def score_columns(self, request: RoutingRequest, candidates: Candidates, view: ClusterView) -> Floats:
-        total = candidates.column(TOTAL)
-        known = total > 0
-        usage = np.where(known, 1.0 - candidates.column(ROOM) / np.where(known, total, 1.0), 1.0)
-        scores: Floats = 1.0 - usage
+        scores: dict[str, float] = {}
+        for r in candidates:  # 1 - projected_kv_usage, inlined
+            total, free = r.total_blocks, r.free_blocks - r.pending_blocks
+            scores[r.replica_id] = 1.0 - (1.0 - (free if free > 0 else 0) / total if total > 0 else 1.0)
         return scores

@@ -14,21 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-import numpy as np
-
 from protos.routing import RoutingRequest
-from router.policy.columns import (
-    BATCH,
-    BLOCK_SIZE,
-    QUEUED_PREFILL,
-    ROOM,
-    Candidates,
-    Floats,
-    candidates_of,
-    filled,
-    scores_by_id,
-)
-from router.policy.plugins.score_maps import higher_is_better_column
+from router.policy.plugins.score_maps import higher_is_better
 from router.policy.view import ClusterView, ReplicaLoad
 
 
@@ -47,15 +34,18 @@ class LlumnixScorer:
     def score(
         self, request: RoutingRequest, candidates: Sequence[ReplicaLoad], view: ClusterView
     ) -> Mapping[str, float]:
-        everyone = candidates_of(candidates)
-        return scores_by_id(everyone, self.score_columns(request, everyone, view))
-
-    def score_columns(self, request: RoutingRequest, candidates: Candidates, view: ClusterView) -> Floats:
-        # llumnix_freeness, a column at a time.
-        requests = candidates.column(BATCH)
-        busy = requests > 0
-        block_sizes = np.maximum(candidates.column(BLOCK_SIZE), 1.0)
-        waiting_blocks = -np.floor_divide(-candidates.column(QUEUED_PREFILL), block_sizes)
-        freeness = filled(len(candidates), math.inf)
-        np.divide(candidates.column(ROOM) - waiting_blocks, requests, out=freeness, where=busy)
-        return higher_is_better_column(freeness)
+        freeness: dict[str, float] = {}
+        inf = math.inf
+        for r in candidates:  # llumnix_freeness, inlined
+            requests = r.num_running + r.num_waiting + r.pending_requests
+            if requests <= 0:
+                freeness[r.replica_id] = inf
+                continue
+            block_size = r.block_size
+            waiting_blocks = -(
+                -(r.waiting_prefill_tokens + r.pending_prefill_tokens)
+                // (block_size if block_size > 1 else 1)
+            )
+            free = r.free_blocks - r.pending_blocks
+            freeness[r.replica_id] = ((free if free > 0 else 0) - waiting_blocks) / requests
+        return higher_is_better(freeness)

@@ -15,20 +15,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-import numpy as np
-
 from protos.routing import RoutingRequest
-from router.policy.columns import (
-    BATCH,
-    BLOCK_SIZE,
-    QUEUED_PREFILL,
-    Candidates,
-    Floats,
-    candidates_of,
-    scores_by_id,
-)
-from router.policy.plugins.estimates import uncached_prompt_tokens
-from router.policy.plugins.score_maps import ratio_column
+from router.policy.plugins.estimates import matched_blocks_all, replica_ids, uncached_prompt_tokens
+from router.policy.plugins.score_maps import ratio_scores_of
 from router.policy.view import ClusterView, ReplicaLoad
 
 TIE_BREAK_BATCH = 1e-3
@@ -49,12 +38,15 @@ class LmetricScorer:
     def score(
         self, request: RoutingRequest, candidates: Sequence[ReplicaLoad], view: ClusterView
     ) -> Mapping[str, float]:
-        everyone = candidates_of(candidates)
-        return scores_by_id(everyone, self.score_columns(request, everyone, view))
-
-    def score_columns(self, request: RoutingRequest, candidates: Candidates, view: ClusterView) -> Floats:
-        # new_prefill_tokens × (batch_size + the tie-break), a column at a time.
-        matched = candidates.matched_blocks(request, view)
-        uncached = np.maximum(request.prompt_tokens - matched * candidates.column(BLOCK_SIZE), 0.0)
-        new_tokens = candidates.column(QUEUED_PREFILL) + uncached
-        return ratio_column(new_tokens * (candidates.column(BATCH) + TIE_BREAK_BATCH), 1.0)
+        # new_prefill_tokens and batch_size, inlined.
+        prompt = request.prompt_tokens
+        ids = replica_ids(candidates)
+        costs: list[float] = []
+        matches = matched_blocks_all(request, candidates, view, ids)
+        for r, matched in zip(candidates, matches, strict=True):
+            uncached = prompt - matched * r.block_size
+            queued = r.waiting_prefill_tokens + r.pending_prefill_tokens
+            new_tokens = queued + (uncached if uncached > 0 else 0)
+            batch = r.num_running + r.num_waiting + r.pending_requests
+            costs.append(new_tokens * (batch + TIE_BREAK_BATCH))
+        return ratio_scores_of(ids, costs, 1.0)

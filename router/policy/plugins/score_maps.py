@@ -15,10 +15,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-import numpy as np
-
-from router.policy.columns import Floats, filled, highest, lowest
-
 
 def ratio_scores(costs: Mapping[str, float], offset: float) -> dict[str, float]:
     inf = math.inf
@@ -65,46 +61,3 @@ def higher_is_better(values: Mapping[str, float]) -> dict[str, float]:
     return {
         rid: 1.0 if v == inf else (top * (v - low) / span if span > 0 else top) for rid, v in values.items()
     }
-
-
-def ratio_column(costs: Floats, offset: float) -> Floats:
-    """:func:`ratio_scores` of a column of costs."""
-    count = len(costs)
-    if not count:
-        return filled(0, 0.0)
-    least = lowest(costs)
-    if least == math.inf:
-        return filled(count, 0.0)
-    if least > 0.0:  # every cost positive: an infinite one scores best / inf = 0 by itself
-        scores: Floats = (least + offset) / (costs + offset)
-        return scores
-    best = (least if least > 0.0 else 0.0) + offset
-    scores = filled(count, 1.0)
-    np.divide(best, costs + offset, out=scores, where=costs > 0)
-    scores[costs == math.inf] = 0.0
-    return scores
-
-
-def lower_is_better_column(values: Floats) -> Floats:
-    """:func:`lower_is_better` of a column."""
-    if not len(values):
-        return filled(0, 0.0)
-    low, high = lowest(values), highest(values)
-    if high <= low:
-        return filled(len(values), 1.0)
-    scores: Floats = (high - values) / (high - low)
-    return scores
-
-
-def higher_is_better_column(values: Floats) -> Floats:
-    """:func:`higher_is_better` of a column."""
-    finite = values < math.inf
-    finite_values = values[finite]
-    if not len(finite_values):
-        return filled(len(values), 1.0)
-    low, high = lowest(finite_values), highest(finite_values)
-    top = 1.0 if len(finite_values) == len(values) else 0.5
-    span = high - low
-    scores = top * (values - low) / span if span > 0 else filled(len(values), top)
-    scores[~finite] = 1.0
-    return scores

@@ -22,32 +22,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
-import numpy as np
-
 from protos.routing import RoutingRequest
-from router.policy.columns import (
-    BATCH,
-    BLOCK_SIZE,
-    QUEUED_PREFILL,
-    ROOM,
-    RUNNING,
-    TOTAL,
-    Candidates,
-    Floats,
-    candidates_of,
-    scores_by_id,
-)
 from router.policy.plugins.estimates import (
-    blocks_for_tokens,
     blocks_needed,
+    matched_blocks_all,
     mean_running_context,
+    replica_ids,
     reserved_output_tokens,
     uncached_prompt_tokens,
 )
-from router.policy.plugins.score_maps import ratio_column
+from router.policy.plugins.score_maps import ratio_scores_of
+from router.policy.plugins.speed_cache import SpeedCache
 from router.policy.view import ClusterView, ReplicaLoad
 
 TIME_OFFSET_S = 1e-3
@@ -131,6 +119,7 @@ class PredictedCostScorer:
 
     name: ClassVar[str] = "predicted_cost"
     kv_threshold: float = 0.9
+    _speeds: SpeedCache = field(default_factory=SpeedCache, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.kv_threshold <= 1.0:
@@ -139,49 +128,56 @@ class PredictedCostScorer:
     def score(
         self, request: RoutingRequest, candidates: Sequence[ReplicaLoad], view: ClusterView
     ) -> Mapping[str, float]:
-        everyone = candidates_of(candidates)
-        return scores_by_id(everyone, self.score_columns(request, everyone, view))
-
-    def score_columns(self, request: RoutingRequest, candidates: Candidates, view: ClusterView) -> Floats:
-        # _expected_cost_s and kv_usage_after, a column at a time.
+        # _expected_cost_s and kv_usage_after, inlined: this loop is the policy's hot path.
         outcomes = output_outcomes(request)
-        prompt = request.prompt_tokens
-        block_sizes = candidates.column(BLOCK_SIZE)
-        matched = candidates.matched_blocks(request, view)
-        free = candidates.column(ROOM)
-        rates = candidates.prefill_rates()
-        prefills = rates > 0
-        safe_rates = np.where(prefills, rates, 1.0)
-        step_with_s, marginal_step_s = candidates.decode_steps()
-        own_prefill_s = np.maximum(prompt - matched * block_sizes, 0.0) / safe_rates
-        fixed_s = (
-            candidates.column(QUEUED_PREFILL) / safe_rates
-            + own_prefill_s
-            + candidates.column(RUNNING) * own_prefill_s
-        )
-        per_token_s = step_with_s + candidates.column(BATCH) * marginal_step_s
-        room_tokens = (free + matched) * block_sizes - prompt
-        blocks_known = block_sizes > 0
-        expected = np.zeros(len(candidates))
-        for tokens, probability in outcomes:
-            cost = fixed_s + tokens * per_token_s
-            preempted = blocks_known & (tokens > room_tokens)
-            if np.count_nonzero(preempted):
-                cost = np.where(preempted, cost + (prompt + tokens) / safe_rates, cost)
-            expected = expected + probability * cost
-        costs = np.where(prefills, expected, math.inf)
-        needed = np.where(
-            blocks_known,
-            blocks_for_tokens(prompt + reserved_output_tokens(request), candidates) - matched,
-            0.0,
-        )
-        total = candidates.column(TOTAL)
-        capacity = total > 0
-        usage_after = np.where(
-            capacity, 1.0 - (free - np.maximum(needed, 0.0)) / np.where(capacity, total, 1.0), 1.0
-        )
-        scores = ratio_column(costs, TIME_OFFSET_S)
-        unsafe = usage_after > self.kv_threshold
-        if 0 < np.count_nonzero(unsafe) < len(unsafe):
-            scores[unsafe] = 0.0
+        prompt, threshold = request.prompt_tokens, self.kv_threshold
+        footprint_tokens = prompt + reserved_output_tokens(request)
+        ids = replica_ids(candidates)
+        matches = matched_blocks_all(request, candidates, view, ids)
+        speeds = self._speeds.replica_speeds(candidates)
+        costs: list[float] = []
+        unsafe: list[str] = []
+        block_size = footprint_blocks = 0
+        for replica, replica_id, matched, (rate, step_with_s, marginal_step_s) in zip(
+            candidates, ids, matches, speeds, strict=True
+        ):
+            if replica.block_size != block_size:
+                block_size = replica.block_size
+                footprint_blocks = -int(-footprint_tokens // block_size) if block_size > 0 else 0
+            free = replica.free_blocks - replica.pending_blocks
+            if free < 0:
+                free = 0
+            running = replica.num_running
+            if rate <= 0:
+                costs.append(math.inf)
+            else:
+                uncached = prompt - matched * block_size
+                own_prefill_s = (uncached if uncached > 0 else 0) / rate
+                fixed_s = (
+                    (replica.waiting_prefill_tokens + replica.pending_prefill_tokens) / rate
+                    + own_prefill_s
+                    + running * own_prefill_s
+                )
+                batch = running + replica.num_waiting + replica.pending_requests
+                per_token_s = step_with_s + batch * marginal_step_s
+                room_tokens = (free + matched) * block_size - prompt
+                expected = 0.0
+                for tokens, probability in outcomes:
+                    cost = fixed_s + tokens * per_token_s
+                    if block_size > 0 and tokens > room_tokens:
+                        cost += (prompt + tokens) / rate
+                    expected += probability * cost
+                costs.append(expected)
+            total = replica.total_blocks
+            if total <= 0:
+                usage_after = 1.0
+            else:
+                needed = footprint_blocks - matched if block_size > 0 else 0
+                usage_after = 1.0 - (free - (needed if needed > 0 else 0)) / total
+            if usage_after > threshold:
+                unsafe.append(replica_id)
+        scores = ratio_scores_of(ids, costs, TIME_OFFSET_S)
+        if len(unsafe) < len(candidates):
+            for replica_id in unsafe:
+                scores[replica_id] = 0.0
         return scores

@@ -8,10 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-import numpy as np
-
 from protos.routing import RoutingRequest
-from router.policy.columns import Candidates, Floats, candidates_of, scores_by_id
 from router.policy.plugins.estimates import replica_ids
 from router.policy.view import ClusterView, ReplicaLoad, match_counts
 
@@ -28,15 +25,6 @@ def match_ratios(
     return {replica_id: min(total, matched) / total for replica_id, matched in zip(ids, matches, strict=True)}
 
 
-def match_ratio_column(request: RoutingRequest, candidates: Candidates, view: ClusterView) -> Floats:
-    """:func:`match_ratios` as a column."""
-    total = len(request.block_hashes)
-    if not total:
-        return np.zeros(len(candidates))
-    ratios: Floats = np.minimum(candidates.matched_blocks(request, view), total) / total
-    return ratios
-
-
 @dataclass(frozen=True, slots=True)
 class PrefixScorer:
     name: ClassVar[str] = "prefix"
@@ -44,8 +32,4 @@ class PrefixScorer:
     def score(
         self, request: RoutingRequest, candidates: Sequence[ReplicaLoad], view: ClusterView
     ) -> Mapping[str, float]:
-        everyone = candidates_of(candidates)
-        return scores_by_id(everyone, self.score_columns(request, everyone, view))
-
-    def score_columns(self, request: RoutingRequest, candidates: Candidates, view: ClusterView) -> Floats:
-        return match_ratio_column(request, candidates, view)
+        return match_ratios(request, candidates, view)

@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from protos.routing import RoutingRequest
-from router.policy.columns import QUEUE_DEPTH, Candidates, Floats, candidates_of, scores_by_id
-from router.policy.plugins.score_maps import lower_is_better_column
+from router.policy.plugins.score_maps import lower_is_better
 from router.policy.view import ClusterView, ReplicaLoad
 
 
@@ -20,8 +19,4 @@ class QueueDepthScorer:
     def score(
         self, request: RoutingRequest, candidates: Sequence[ReplicaLoad], view: ClusterView
     ) -> Mapping[str, float]:
-        everyone = candidates_of(candidates)
-        return scores_by_id(everyone, self.score_columns(request, everyone, view))
-
-    def score_columns(self, request: RoutingRequest, candidates: Candidates, view: ClusterView) -> Floats:
-        return lower_is_better_column(candidates.column(QUEUE_DEPTH))
+        return lower_is_better({r.replica_id: r.num_waiting + r.pending_requests for r in candidates})

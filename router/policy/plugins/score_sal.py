@@ -19,30 +19,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
-import numpy as np
-
 from protos.routing import RoutingRequest
-from router.policy.columns import (
-    BLOCK_SIZE,
-    QUEUED_PREFILL,
-    ROOM,
-    Candidates,
-    Floats,
-    candidates_of,
-    filled,
-    lowest,
-    scores_by_id,
-)
 from router.policy.plugins.estimates import (
-    blocks_for_tokens,
+    matched_blocks_all,
     mean_running_context,
+    replica_ids,
     reserved_output_tokens,
     uncached_prompt_tokens,
 )
-from router.policy.plugins.score_maps import ratio_column
+from router.policy.plugins.score_maps import ratio_scores_of
+from router.policy.plugins.speed_cache import SpeedCache
 from router.policy.view import ClusterView, ReplicaLoad
 
 TIME_OFFSET_S = 1e-3
@@ -61,28 +50,42 @@ def estimated_ttft_s(request: RoutingRequest, replica: ReplicaLoad, matched: int
 @dataclass(frozen=True, slots=True)
 class SalScorer:
     name: ClassVar[str] = "sal"
+    _speeds: SpeedCache = field(default_factory=SpeedCache, init=False, repr=False, compare=False)
 
     def score(
         self, request: RoutingRequest, candidates: Sequence[ReplicaLoad], view: ClusterView
     ) -> Mapping[str, float]:
-        everyone = candidates_of(candidates)
-        return scores_by_id(everyone, self.score_columns(request, everyone, view))
-
-    def score_columns(self, request: RoutingRequest, candidates: Candidates, view: ClusterView) -> Floats:
-        # estimated_ttft_s and kv_fits, a column at a time.
+        # The arithmetic of estimated_ttft_s and kv_fits, inlined: this loop is the policy's hot path.
         prompt = request.prompt_tokens
-        block_sizes = candidates.column(BLOCK_SIZE)
-        matched = candidates.matched_blocks(request, view)
-        tokens = candidates.column(QUEUED_PREFILL) + np.maximum(prompt - matched * block_sizes, 0.0)
-        rates = candidates.prefill_rates()
-        if lowest(rates) > 0:
-            times: Floats = tokens / rates
-        else:
-            times = filled(len(candidates), math.inf)
-            np.divide(tokens, rates, out=times, where=rates > 0)
-        scores = ratio_column(times, TIME_OFFSET_S)
-        needed = blocks_for_tokens(prompt + reserved_output_tokens(request), candidates) - matched
-        too_full = needed > candidates.column(ROOM)
-        if 0 < np.count_nonzero(too_full) < len(too_full):
-            scores[too_full] = 0.0
+        footprint_tokens = prompt + reserved_output_tokens(request)
+        whole_prompt = prompt if prompt > 0 else 0
+        ids = replica_ids(candidates)
+        matches = matched_blocks_all(request, candidates, view, ids)
+        rates = self._speeds.prefill_rates(candidates)
+        times: list[float] = []
+        too_full: list[str] = []
+        block_size = footprint_blocks = 0
+        inf = math.inf
+        for replica, replica_id, matched, rate in zip(candidates, ids, matches, rates, strict=True):
+            if replica.block_size != block_size:
+                block_size = replica.block_size
+                footprint_blocks = -int(-footprint_tokens // block_size) if block_size > 0 else 0
+            if matched:
+                uncached = prompt - matched * block_size
+                tokens = (
+                    replica.waiting_prefill_tokens
+                    + replica.pending_prefill_tokens
+                    + (uncached if uncached > 0 else 0)
+                )
+                needed = footprint_blocks - matched
+            else:  # most replicas: nothing cached
+                tokens = replica.waiting_prefill_tokens + replica.pending_prefill_tokens + whole_prompt
+                needed = footprint_blocks
+            times.append(tokens / rate if rate > 0 else inf)
+            if needed > 0 and needed > replica.free_blocks - replica.pending_blocks:
+                too_full.append(replica_id)
+        scores = ratio_scores_of(ids, times, TIME_OFFSET_S)
+        if len(too_full) < len(candidates):
+            for replica_id in too_full:
+                scores[replica_id] = 0.0
         return scores

@@ -31,6 +31,7 @@ from router.policy.plugins.score_predicted_cost import (
 )
 from router.policy.plugins.score_prefix import PrefixScorer
 from router.policy.plugins.score_sal import SalScorer, estimated_ttft_s
+from router.policy.plugins.speed_cache import SpeedCache
 from router.policy.profile import Profile, WeightedScorer
 from router.policy.view import ClusterView, ReplicaLoad, match_counts
 from tests.router.helpers import DictPrefix, replica, request, view
@@ -202,6 +203,18 @@ def test_filtered_out_is_in_candidate_order_whatever_the_filter_returns(step: He
     decision = profile.decide(request(), cluster, random.Random(0))
     assert decision.filtered_out == (("b", step.name), ("d", step.name))
     assert {s.replica_id for s in decision.scores} == {"a", "c"}
+
+
+def test_speed_memo_follows_each_new_load_object() -> None:
+    speeds = SpeedCache()
+    idle = replica("a", "a100-80gb")
+    busy = dataclasses.replace(idle, num_running=32, running_context_tokens=32 * 2000)
+    for load, context in ((idle, 0.0), (busy, 2000.0), (idle, 0.0)):
+        assert speeds.prefill_rates([load]) == [load.speed.prefill_tokens_per_s(load.num_running, context)]
+    assert speeds.prefill_rates([idle])[0] > speeds.prefill_rates([busy])[0]
+    step_with, marginal = speeds.replica_speeds([busy])[0][1:]
+    assert step_with == speeds.decode_step_s(busy, busy.batch_size + 1)
+    assert marginal == step_with - speeds.decode_step_s(busy, busy.batch_size)
 
 
 class Fixed:

@@ -28,6 +28,9 @@ SUITE = (
     "sim_speed",
     "sim_policies",
     "sim_sensitivity",
+    "torch_length_heads",
+    "predictors",
+    "predictor_routing",
 )
 
 

@@ -30,6 +30,7 @@ from predictors.saved import PredictorLoadError, load_predictor, read_metadata, 
 
 KINDS = (*LEARNED_KINDS, *BASELINE_KINDS)
 DEFAULT_SOURCE = Path("../shared/data/prompts")
+TRAINED_PROMPTS_KEY = "trained_prompt_keys"  # in metadata.json's "training" section
 _DATA = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
@@ -106,6 +107,8 @@ def train(
         "test_frac": test_frac,
         "train": summarize(train_rows),
         "test": summarize(test_rows),
+        # so that `eval` can leave out the prompts the model has seen
+        TRAINED_PROMPTS_KEY: sorted({row.prompt_key for row in train_rows}),
     }
     save_predictor(model, out_dir, seed=seed, training=training, metrics=held_out.to_json())
     m = held_out
@@ -120,19 +123,40 @@ def train(
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), required=True)
 @click.option("--data", "data_path", type=_DATA, required=True)
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
-def eval_command(model_dir: Path, data_path: Path, as_json: bool) -> None:
-    """Evaluate the predictor saved in MODEL on every row of DATA."""
+@click.option(
+    "--include-trained",
+    is_flag=True,
+    help="also score rows whose prompt the model was trained on (left out by default)",
+)
+def eval_command(model_dir: Path, data_path: Path, as_json: bool, include_trained: bool) -> None:
+    """Evaluate the predictor saved in MODEL on the rows of DATA whose prompts it was not trained on."""
     try:
         metadata = read_metadata(model_dir)
         model = load_predictor(model_dir)
     except PredictorLoadError as error:
         raise click.ClickException(str(error)) from None
     rows = _rows(data_path)
+    excluded = 0
+    if not include_trained:
+        trained = set(metadata.get("training", {}).get(TRAINED_PROMPTS_KEY, ()))
+        kept = [row for row in rows if row.prompt_key not in trained]
+        excluded = len(rows) - len(kept)
+        if not kept:
+            raise click.ClickException(
+                f"every prompt in {data_path} was used to train {model_dir}; "
+                "pass --include-trained to score them anyway"
+            )
+        rows = kept
     try:
         result = evaluate(model, [to_features(row) for row in rows], [row.output_tokens for row in rows])
     except ValueError as error:
         raise click.ClickException(f"evaluating {model_dir} failed: {error}") from None
-    report: dict[str, Any] = {"kind": metadata["kind"], "model": str(model_dir), **result.to_json()}
+    report: dict[str, Any] = {
+        "kind": metadata["kind"],
+        "model": str(model_dir),
+        **result.to_json(),
+        "excluded_trained_rows": excluded,
+    }
     if as_json:
         click.echo(json.dumps(report))
         return

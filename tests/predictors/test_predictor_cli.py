@@ -47,8 +47,31 @@ def test_train_then_eval_end_to_end(tmp_path: Path) -> None:
     assert evaluated.exit_code == 0, evaluated.output
     report = json.loads(evaluated.output)
     assert set(report) >= METRIC_KEYS
-    assert report["n"] == 100 and report["kind"] == "length_regression"
+    # the 40 trained prompts' rows are left out: only the 10 held-out prompts' 20 rows are scored
+    assert report["n"] == 20 and report["excluded_trained_rows"] == 80
+    assert report["kind"] == "length_regression"
     assert set(report["per_model_tau"]) == {"terse-model", "verbose-model"}
+    arguments = ["predictor", "eval", "--model", str(tmp_path / "m"), "--data", str(data), "--json"]
+    everything = runner.invoke(main, [*arguments, "--include-trained"])
+    assert everything.exit_code == 0, everything.output
+    assert json.loads(everything.output)["n"] == 100
+
+
+def test_eval_refuses_data_the_model_was_trained_on(tmp_path: Path) -> None:
+    data = data_file(tmp_path)
+    runner = CliRunner()
+    out = tmp_path / "m"
+    trained = runner.invoke(
+        main, ["predictor", "train", "--data", str(data), "--kind", "mean", "--out", str(out)]
+    )
+    assert trained.exit_code == 0, trained.output
+    seen = set(json.loads((out / "metadata.json").read_text())["training"]["trained_prompt_keys"])
+    assert len(seen) == 40
+    only_trained = tmp_path / "trained.jsonl"
+    write_rows([row for row in synthetic_rows(prompts=50) if row.prompt_key in seen], only_trained)
+    result = runner.invoke(main, ["predictor", "eval", "--model", str(out), "--data", str(only_trained)])
+    assert result.exit_code != 0
+    assert "was used to train" in result.output and "Traceback" not in result.output
 
 
 def test_training_with_the_same_seed_gives_the_same_predictions(tmp_path: Path) -> None:

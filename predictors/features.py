@@ -28,6 +28,7 @@ _WORD = re.compile(r"\w+")
 _INTEGER = re.compile(r"\b\d{1,5}\b")
 _LIST_LINE = re.compile(r"^\s*(?:[-*•]|\d{1,3}[.)])\s", re.MULTILINE)
 _CODE_CHARS = frozenset("{}[]();=<>_/\\|#$`")
+_CODE_CHAR = re.compile("[" + re.escape("".join(sorted(_CODE_CHARS))) + "]")
 _SHORT_CUES = (
     "brief", "briefly", "short", "concise", "one word", "one sentence", "yes or no", "classify",
     "true or false", "which of", "name a", "what is the", "translate", "rewrite", "correct",
@@ -91,6 +92,9 @@ class FeatureConfig:
             raise ValueError(f"feature config: {error}") from None
 
 
+# Far above the prompts the models learn from (AlpacaEval's longest is a few thousand characters).
+MAX_TEXT_CHARS = 8_192
+
 TEXT_FEATURE_NAMES = (
     "log_prompt_tokens", "log_chars", "log_words", "log_lines", "log_question_marks", "ends_with_question",
     "code_fences", "code_char_fraction", "log_list_lines", "log_largest_integer", "short_cues", "long_cues",
@@ -98,22 +102,29 @@ TEXT_FEATURE_NAMES = (
 )  # fmt: skip
 
 
+def read_text(text: str | None) -> str:
+    """The part of a prompt the text features read: its first ``MAX_TEXT_CHARS`` characters, so a
+    huge prompt costs no more than a long one on the routing path."""
+    return text[:MAX_TEXT_CHARS] if text else ""
+
+
 def text_features(features: PredictorFeatures) -> list[float]:
     """The hand-made part of the vector, in ``TEXT_FEATURE_NAMES`` order."""
-    text = features.prompt_text or ""
+    full_chars = len(features.prompt_text or "")
+    text = read_text(features.prompt_text)
     lowered = text.lower()
     words = _WORD.findall(lowered)
     integers = [int(match) for match in _INTEGER.findall(text)]
     stripped = text.rstrip()
     return [
         float(np.log1p(features.prompt_tokens)),
-        float(np.log1p(len(text))),
+        float(np.log1p(full_chars)),
         float(np.log1p(len(words))),
         float(np.log1p(text.count("\n") + 1 if text else 0)),
         float(np.log1p(text.count("?"))),
         1.0 if stripped.endswith("?") else 0.0,
         float(text.count("```") > 0),
-        sum(char in _CODE_CHARS for char in text) / len(text) if text else 0.0,
+        len(_CODE_CHAR.findall(text)) / len(text) if text else 0.0,
         float(np.log1p(len(_LIST_LINE.findall(text)))),
         float(np.log1p(max(integers, default=0))),
         float(sum(cue in lowered for cue in _SHORT_CUES)),
@@ -172,6 +183,7 @@ def _word_hashes(lowered: str, config: FeatureConfig) -> np.ndarray:
 def hashed_ngrams(text: str | None, config: FeatureConfig) -> tuple[np.ndarray, np.ndarray]:
     """Sparse hashed n-grams of ``text``: (indices, ``log1p(count)`` weights), words and characters
     each scaled to unit length so that neither dominates."""
+    text = read_text(text)
     if not text:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
     lowered = text.lower()

@@ -16,7 +16,7 @@ import numpy as np
 
 from predictors.base import LengthEstimate, OutputLengthPredictor, PredictorFeatures
 from predictors.baselines import GlobalMeanPredictor, GroupedRunningAverage, LengthRegression, capped_estimate
-from predictors.features import FeatureConfig, FeatureExtractor
+from predictors.features import FeatureConfig, FeatureExtractor, read_text
 from predictors.sklearn_model import BoostedLengthModel, BoostingConfig
 
 
@@ -61,11 +61,11 @@ class EncodedFeatures:
         return self.encoder.dimension + self.dense.dimension
 
     def transform_one(self, request: PredictorFeatures) -> np.ndarray:
-        embedded = self.encoder.encode([request.prompt_text or ""])[0]
+        embedded = self.encoder.encode([read_text(request.prompt_text)])[0]
         return np.concatenate([embedded.astype(np.float32), self.dense.transform_one(request)])
 
     def transform(self, requests: Sequence[PredictorFeatures]) -> np.ndarray:
-        texts = [r.prompt_text or "" for r in requests]
+        texts = [read_text(r.prompt_text) for r in requests]
         distinct = sorted(set(texts))  # a prompt answered by many models is encoded once
         vectors = (
             self.encoder.encode(distinct).astype(np.float32) if distinct else np.zeros((0, 0), np.float32)

@@ -7,7 +7,14 @@ import pytest
 
 from predictors.base import PredictorFeatures
 from predictors.data import to_features
-from predictors.features import TEXT_FEATURE_NAMES, FeatureConfig, FeatureExtractor, hashed_ngrams
+from predictors.features import (
+    MAX_TEXT_CHARS,
+    TEXT_FEATURE_NAMES,
+    FeatureConfig,
+    FeatureExtractor,
+    hashed_ngrams,
+    text_features,
+)
 from tests.predictors.synthetic import synthetic_rows
 
 SMALL = FeatureConfig(hash_features=1 << 12, svd_components=8, tenant_buckets=4)
@@ -83,3 +90,20 @@ def test_state_round_trip_rebuilds_the_same_extractor() -> None:
     params, arrays = extractor.to_state()
     rebuilt = FeatureExtractor.from_state(json.loads(json.dumps(params)), arrays)
     np.testing.assert_array_equal(rebuilt.transform(requests()), extractor.transform(requests()))
+
+
+def test_a_huge_prompt_is_read_only_up_to_the_cap() -> None:
+    head = "Explain how a router balances load. " * (MAX_TEXT_CHARS // 36 + 1)
+    huge = head + "tail words that come after the cap " * 10_000
+    config = FeatureConfig(hash_features=1 << 10)
+    capped = hashed_ngrams(head[:MAX_TEXT_CHARS], config)
+    for got, want in zip(hashed_ngrams(huge, config), capped, strict=True):
+        assert np.array_equal(got, want)
+    short = PredictorFeatures("m", 10, 0, prompt_text=head[:MAX_TEXT_CHARS])
+    long = PredictorFeatures("m", 10, 0, prompt_text=huge)
+    differing = [
+        name
+        for name, a, b in zip(TEXT_FEATURE_NAMES, text_features(short), text_features(long), strict=True)
+        if a != b
+    ]
+    assert differing == ["log_chars"]  # the only feature that sees the whole length

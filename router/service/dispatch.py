@@ -35,7 +35,7 @@ from router.policy.plugin import RouteDecision
 from router.policy.profile import Profile
 from router.policy.view import ClusterView, ReplicaLoad
 from router.request_shaper import RequestShaper, ShapedRequest
-from router.service.replica_client import ReplicaCallError, ReplicaClient
+from router.service.replica_client import ReplicaCallError, ReplicaClient, one_by_one
 from router.service.router_metrics import RouterMetrics
 from router.state.cluster import ClusterState
 
@@ -113,14 +113,8 @@ class Dispatcher:
         )
 
     # -- dispatching --------------------------------------------------------------------------
-    async def generate(self, request: GenerateInput) -> AsyncIterator[GenerateEvent]:
-        batches = self.generate_batches(request)
-        try:
-            async for batch in batches:
-                for event in batch:
-                    yield event
-        finally:
-            await batches.aclose()
+    def generate(self, request: GenerateInput) -> AsyncIterator[GenerateEvent]:
+        return one_by_one(self.generate_batches(request))
 
     async def generate_batches(self, request: GenerateInput) -> AsyncGenerator[list[GenerateEvent], None]:
         """:meth:`generate`, the events that came from the replica together in one list, so a front

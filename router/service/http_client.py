@@ -29,7 +29,7 @@ from protos.text import ApproxTokenizer, render_chat
 from replica_agent.backends import prometheus_scrape as vllm_metrics
 from replica_agent.engine.engine import ReplicaIdentity
 from router.service import sse
-from router.service.replica_client import ReplicaCallError
+from router.service.replica_client import ReplicaCallError, one_by_one
 from router.service.upstream import UpstreamPool
 
 MIN_SCRAPE_INTERVAL_S, MAX_SCRAPE_INTERVAL_S = 0.1, 0.25
@@ -274,14 +274,8 @@ class HttpReplicaClient:
         )
 
     # -- generation --------------------------------------------------------------------------------
-    async def generate(self, request: GenerateInput) -> AsyncGenerator[GenerateEvent, None]:
-        batches = self.generate_batches(request)
-        try:
-            async for batch in batches:
-                for event in batch:
-                    yield event
-        finally:
-            await batches.aclose()
+    def generate(self, request: GenerateInput) -> AsyncGenerator[GenerateEvent, None]:
+        return one_by_one(self.generate_batches(request))
 
     async def generate_batches(self, request: GenerateInput) -> AsyncGenerator[list[GenerateEvent], None]:
         """:meth:`generate`, the events that arrived together in one list (never empty)."""

@@ -6,7 +6,7 @@ such as ``vllm serve`` over HTTP (snapshots built by scraping their Prometheus `
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Protocol
 
 from protos.generation import AgentInfo, GenerateEvent, GenerateInput
@@ -55,3 +55,15 @@ class ReplicaClient(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+async def one_by_one(
+    batches: AsyncGenerator[list[GenerateEvent], None],
+) -> AsyncGenerator[GenerateEvent, None]:
+    """The events of ``batches`` one at a time; closing this closes ``batches`` too."""
+    try:
+        async for batch in batches:
+            for event in batch:
+                yield event
+    finally:
+        await batches.aclose()

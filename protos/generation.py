@@ -6,7 +6,9 @@ speaks the same OpenAI API and forwards to replicas), so both validate and repor
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class AgentError(Exception):
@@ -135,3 +137,39 @@ class AgentInfo:
 
     def serves(self, model: str) -> bool:
         return model in (self.model, *self.served_model_names)
+
+
+# The slots' own setters: a frozen dataclass's ``__init__`` goes through ``object.__setattr__`` once
+# per field, which costs twice as much, and a relay builds one event per streamed chunk.
+_new_object = object.__new__
+
+
+def _slot_setter(name: str) -> Callable[[GenerateEvent, Any], None]:
+    setter: Callable[[GenerateEvent, Any], None] = vars(GenerateEvent)[name].__set__
+    return setter
+
+
+_set_request_id = _slot_setter("request_id")
+_set_token_ids = _slot_setter("token_ids")
+_set_text = _slot_setter("text")
+_set_time = _slot_setter("time")
+_set_elapsed_s = _slot_setter("elapsed_s")
+_set_finished = _slot_setter("finished")
+_set_finish_reason = _slot_setter("finish_reason")
+_set_usage = _slot_setter("usage")
+
+
+def output_event(
+    request_id: str, token_ids: tuple[int, ...], text: str, time: float, elapsed_s: float
+) -> GenerateEvent:
+    """``GenerateEvent(request_id, token_ids, text, time, elapsed_s)`` (an unfinished one), built faster."""
+    event: GenerateEvent = _new_object(GenerateEvent)
+    _set_request_id(event, request_id)
+    _set_token_ids(event, token_ids)
+    _set_text(event, text)
+    _set_time(event, time)
+    _set_elapsed_s(event, elapsed_s)
+    _set_finished(event, False)
+    _set_finish_reason(event, None)
+    _set_usage(event, None)
+    return event

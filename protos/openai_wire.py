@@ -154,10 +154,10 @@ def parse_chunk(data: str) -> StreamChunk:
     reason = choice.get("finish_reason")
     usage = chunk.get("usage")
     return StreamChunk(
-        text=text if isinstance(text, str) else "",
-        token_ids=tuple(int(t) for t in token_ids) if isinstance(token_ids, list) else (),
-        finish_reason=reason if isinstance(reason, str) else None,
-        usage=parse_usage(usage) if isinstance(usage, dict) else None,
+        text if isinstance(text, str) else "",
+        tuple(map(int, token_ids)) if isinstance(token_ids, list) else (),
+        reason if isinstance(reason, str) else None,
+        parse_usage(usage) if isinstance(usage, dict) else None,
     )
 
 

@@ -103,15 +103,6 @@ class RequestShaper:
         """The request as policies see it, with ``predictor``'s estimate of its length when given."""
         tokens = self.prompt_tokens(request)
         hashes = tuple(self._hasher.hash_tokens(tokens))
-        routing = RoutingRequest(
-            request_id=request.request_id,
-            model=request.model,
-            prompt_tokens=len(tokens),
-            block_hashes=hashes,
-            max_tokens=request.max_tokens,
-            arrival_time=now,
-            priority=request.priority,
-        )
         features = PredictorFeatures(
             request.model,
             len(tokens),
@@ -120,18 +111,16 @@ class RequestShaper:
             user=request.user,
             prompt_text=request.prompt if request.prompt is not None else _last_user_message(request),
         )
-        if predictor is not None:
-            # Built again rather than dataclasses.replace'd: replace costs as much as the rest here.
-            routing = RoutingRequest(
-                request_id=request.request_id,
-                model=request.model,
-                prompt_tokens=len(tokens),
-                block_hashes=hashes,
-                max_tokens=request.max_tokens,
-                predicted=predictor.predict(features),
-                arrival_time=now,
-                priority=request.priority,
-            )
+        routing = RoutingRequest(
+            request_id=request.request_id,
+            model=request.model,
+            prompt_tokens=len(tokens),
+            block_hashes=hashes,
+            max_tokens=request.max_tokens,
+            predicted=None if predictor is None else predictor.predict(features),
+            arrival_time=now,
+            priority=request.priority,
+        )
         return ShapedRequest(routing, features, tokens)
 
     @staticmethod

@@ -199,9 +199,12 @@ class ChunkEncoder:
     __slots__ = ("_chat", "_head", "_ids", "_tail")
 
     def __init__(self, answer: Answer) -> None:
-        envelope = {"id": answer.id, "object": answer.chunk_object, "created": answer.created,
-                    "model": answer.model, "choices": []}  # fmt: skip
-        self._head = "data: " + _to_json(envelope)[:-2] + '{"index":0,'
+        # The JSON of {"id", "object", "created", "model", "choices": [{"index": 0, ...}]}, written out:
+        # encoding a whole envelope costs more than its four values.
+        self._head = (
+            f'data: {{"id":{_to_json(answer.id)},"object":{_to_json(answer.chunk_object)},'
+            f'"created":{_to_json(answer.created)},"model":{_to_json(answer.model)},"choices":[{{"index":0,'
+        )
         self._tail = "}]" + (',"usage":null' if answer.include_usage else "") + "}\n\n"
         self._chat, self._ids = answer.chat, answer.return_token_ids
 

@@ -23,7 +23,7 @@ import aiohttp
 from yarl import URL
 
 from protos.block_hash import DEFAULT_HASH_SEED
-from protos.generation import AgentInfo, GenerateEvent, GenerateInput, Usage
+from protos.generation import AgentInfo, GenerateEvent, GenerateInput, Usage, output_event
 from protos.snapshot import ReplicaSnapshot, Tier
 from protos.text import ApproxTokenizer, render_chat
 from replica_agent.backends import prometheus_scrape as vllm_metrics
@@ -303,7 +303,7 @@ class HttpReplicaClient:
                     reason, usage = chunk.finish_reason or reason, chunk.usage or usage
                     if chunk.text or chunk.token_ids:
                         flight.output_tokens += len(chunk.token_ids) or 1
-                        events.append(GenerateEvent(request_id, chunk.token_ids, chunk.text, now, elapsed))
+                        events.append(output_event(request_id, chunk.token_ids, chunk.text, now, elapsed))
                 if reader.ended:
                     break  # the final event goes out with these
                 if events:

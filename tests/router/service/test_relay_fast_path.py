@@ -14,7 +14,7 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protos.generation import GenerateEvent, GenerateInput, Usage
+from protos.generation import GenerateEvent, GenerateInput, Usage, output_event
 from protos.openai_wire import SseDecoder, sse_data
 from protos.text import ApproxTokenizer
 from replica_agent.service.openai_responses import Answer
@@ -25,6 +25,18 @@ from router.service.replica_client import ReplicaCallError
 from tests.agent.fake_vllm import FakeVllm
 
 texts = st.text(alphabet=st.characters(codec="utf-8"), max_size=40)
+
+
+@given(texts, st.lists(st.integers(0, 2**31), max_size=4), st.floats(0, 1e9), st.floats(0, 1e3))
+def test_an_output_event_built_fast_is_the_plain_one(
+    text: str, ids: list[int], time: float, elapsed: float
+) -> None:
+    plain = GenerateEvent("req-1", tuple(ids), text, time, elapsed)
+    fast = output_event("req-1", tuple(ids), text, time, elapsed)
+    assert type(fast) is GenerateEvent
+    assert (fast, hash(fast), repr(fast)) == (plain, hash(plain), repr(plain))
+    with pytest.raises(AttributeError):
+        fast.text = "changed"  # type: ignore[misc]
 
 
 @settings(max_examples=300, deadline=None)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import xxhash
+from xxhash import xxh3_64_intdigest
 
 DEFAULT_BLOCK_SIZE = 16
 DEFAULT_HASH_SEED = 0
@@ -50,9 +51,18 @@ class BlockHasher:
         ``parent`` is the hash of block ``start_block - 1`` when resuming an earlier chain.
         """
         size = self.block_size
+        first = start_block * size
+        whole = (len(token_ids) - first) // size * size
+        if whole <= 0:
+            return []
         previous = self.root_hash if parent is None else parent
+        # The tokens are converted once, and each block's hash is ``hash_block``'s in one shot
+        # (xxh3 of the concatenation equals the streamed digest).
+        data = array("I", token_ids[first : first + whole]).tobytes()
+        extra = repr(extra_keys).encode() if extra_keys else b""
+        seed, width, digest = self.seed, 4 * size, xxh3_64_intdigest
         hashes: list[int] = []
-        for begin in range(start_block * size, len(token_ids) - size + 1, size):
-            previous = self.hash_block(previous, token_ids[begin : begin + size], extra_keys)
+        for begin in range(0, len(data), width):
+            previous = digest(previous.to_bytes(8, "little") + data[begin : begin + width] + extra, seed=seed)
             hashes.append(previous)
         return hashes

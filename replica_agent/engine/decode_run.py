@@ -216,7 +216,7 @@ class DecodeRun:
                 step += block_size - (start + step) % block_size
             else:
                 seq.num_computed_tokens = start + step - 1
-                if not kv.allocate_slots(seq, 1):
+                if not kv.allocate_block(seq):  # its blocks are full: the heap's key says so
                     raise RuntimeError("decode run outgrew the block pool")
                 step += block_size
             heapq.heappush(events, (2 * step + registers, index))

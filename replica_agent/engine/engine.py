@@ -58,8 +58,12 @@ class Engine:
         self.draining = False
 
     # -- requests ---------------------------------------------------------------------------
-    def add(self, spec: RequestSpec) -> None:
-        """Queue a request (a decode run in progress admits it at its next step boundary)."""
+    def add(self, spec: RequestSpec, prompt_block_hashes: tuple[int, ...] | None = None) -> None:
+        """Queue a request (a decode run in progress admits it at its next step boundary).
+
+        ``prompt_block_hashes``, when given, must be the hashes of the prompt's full blocks under
+        this engine's hasher (``kv.hasher``, with the spec's extra keys), e.g. the router's: the
+        engine then does not hash the prompt again."""
         if spec.request_id in self._requests:
             raise ValueError(f"request id {spec.request_id!r} is already in the engine")
         prompt = len(spec.prompt_token_ids)
@@ -71,6 +75,13 @@ class Engine:
         if blocks_for(prompt + 1, self.config.block_size) > self.config.num_blocks:
             raise ValueError(f"prompt of {prompt} tokens cannot fit in {self.config.num_blocks} KV blocks")
         seq = Sequence(spec=spec, arrival_order=self._arrivals)
+        if prompt_block_hashes is not None:
+            if len(prompt_block_hashes) != prompt // self.config.block_size:
+                raise ValueError(
+                    f"{len(prompt_block_hashes)} prompt block hashes for {prompt // self.config.block_size} "
+                    "full blocks"
+                )
+            seq.block_hashes = list(prompt_block_hashes)
         self._arrivals += 1
         self._requests[spec.request_id] = seq
         self.scheduler.enqueue(seq)
@@ -303,11 +314,13 @@ class Engine:
     def _record(self, prefill_tokens: int, decode_tokens: int, now: float, duration_s: float) -> None:
         if self._started_at is None:
             self._started_at = now - duration_s
-        history = self._history
-        history.append(_StepRecord(now, prefill_tokens, decode_tokens))
+        self._history.append(_StepRecord(now, prefill_tokens, decode_tokens))
         self._prefill_total += prefill_tokens
         self._decode_total += decode_tokens
-        horizon = now - self.config.throughput_window_s
+        self._forget_steps_before(now - self.config.throughput_window_s)
+
+    def _forget_steps_before(self, horizon: float) -> None:
+        history = self._history
         while history and history[0].time < horizon:
             oldest = history.popleft()
             self._prefill_total -= oldest.prefill_tokens
@@ -317,13 +330,10 @@ class Engine:
         """Load as routers see it; drains the admitted ids and cache events since the last call."""
         if self._run is not None:
             self._run.sync(tokens=False)  # a snapshot reads no sampled token
-        horizon = now - self.config.throughput_window_s
+        # Steps before the window are forgotten for good: an idle engine's would otherwise be
+        # walked past at every snapshot.
+        self._forget_steps_before(now - self.config.throughput_window_s)
         prefill, decode = self._prefill_total, self._decode_total
-        for record in self._history:  # in time order: the few already out of the window lead
-            if record.time >= horizon:
-                break
-            prefill -= record.prefill_tokens
-            decode -= record.decode_tokens
         started = now if self._started_at is None else self._started_at
         span = min(self.config.throughput_window_s, now - started)
         prefill_rate = prefill / span if span > 0 else 0.0

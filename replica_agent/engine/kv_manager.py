@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from array import array
-
-from xxhash import xxh3_64_intdigest
-
 from protos.block_hash import BlockHasher
 from replica_agent.engine.block_pool import BlockPool
 from replica_agent.engine.request import Sequence
@@ -72,6 +68,18 @@ class KVCacheManager:
             seq.block_table_cache = None
         return True
 
+    def allocate_block(self, seq: Sequence) -> bool:
+        """``allocate_slots(seq, 1)`` for a sequence whose blocks are all full (a decode step
+        crossing into a new block). Returns False, changing nothing, when no block is free."""
+        if seq.num_computed_tokens < len(seq.block_ids) * self.block_size:
+            raise ValueError(f"request {seq.request_id!r} still has free slots in its last block")
+        fresh = self.pool.allocate(1)
+        if fresh is None:
+            return False
+        seq.block_ids += fresh
+        seq.block_table_cache = None
+        return True
+
     def register_computed(self, seq: Sequence) -> None:
         """Publish every block that is now full of computed tokens to the prefix cache."""
         if not self.enable_prefix_caching:
@@ -97,15 +105,6 @@ class KVCacheManager:
         if (known + 1) * size > seq.num_tokens:
             return
         previous = seq.block_hashes[-1] if known else self.hasher.root_hash
-        # Only the tokens after the known blocks, converted once. Each block's hash is
-        # ``BlockHasher.hash_block``'s in one shot (xxh3 of the concatenation equals the streamed
-        # digest) rather than block by block through its streaming object.
-        data = array("I", seq.token_slice(known * size, seq.num_tokens)).tobytes()
-        extra = repr(seq.spec.extra_keys).encode() if seq.spec.extra_keys else b""
-        seed, width = self.hasher.seed, 4 * size
-        hashes = seq.block_hashes
-        for begin in range(0, len(data) - width + 1, width):
-            previous = xxh3_64_intdigest(
-                previous.to_bytes(8, "little") + data[begin : begin + width] + extra, seed=seed
-            )
-            hashes.append(previous)
+        seq.block_hashes += self.hasher.hash_tokens(
+            seq.token_slice(known * size, seq.num_tokens), seq.spec.extra_keys, parent=previous
+        )

@@ -47,9 +47,10 @@ class CostModelExecutor:
 
     def tokens_at(self, request_id: str, first: int, end: int) -> list[int]:
         """``token_at(request_id, p)`` for ``p`` in ``first..end - 1`` (a decode run's tokens)."""
-        prefix, seed, vocab, eos = f"{request_id}\x00", self.seed, self.vocab_size, self.eos_token_id
+        # the key of ``token_at``, built from the id's bytes once per call
+        prefix, seed, vocab, eos = f"{request_id}\x00".encode(), self.seed, self.vocab_size, self.eos_token_id
         digest = xxhash.xxh3_64_intdigest
-        tokens: list[int] = [digest((prefix + str(p)).encode(), seed) % vocab for p in range(first, end)]
+        tokens: list[int] = [digest(prefix + b"%d" % p, seed) % vocab for p in range(first, end)]
         if eos is not None and eos in tokens:
             tokens = [(t + 1) % vocab if t == eos else t for t in tokens]
         return tokens

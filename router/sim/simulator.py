@@ -72,6 +72,7 @@ class _Node:
     kv_samples: int = 0
     busy_s: float = 0.0  # virtual seconds spent stepping, for the energy report
     run_step_s: float = 0.0  # duration of the engine's decode-run step in flight
+    hashes_like_router: bool = False  # the engine hashes blocks as the router does
 
     def stats(self) -> ReplicaStats:
         engine = self.member.replica.engine
@@ -114,6 +115,8 @@ class Simulator:
             self.config.client_max_tokens,
             self.config.seed,
         )
+        for node in self.nodes:
+            node.hashes_like_router = node.member.replica.engine.kv.hasher == hasher
         self.queue = EventQueue()
         self._on_done = on_request_done
         self._upcoming: Iterator[RequestSpec] = iter(())
@@ -197,8 +200,12 @@ class Simulator:
 
     def _on_admit(self, index: int, replica: int, now: float) -> None:
         node = self.nodes[replica]
+        request = self._open[index]
+        spec = request.spec
+        # The router hashed the prompt already (without extra keys): the engine takes its hashes.
+        shared = node.hashes_like_router and not spec.extra_keys
         try:
-            node.member.replica.engine.add(self._open[index].spec)
+            node.member.replica.engine.add(spec, request.routing.block_hashes if shared else None)
         except ValueError as error:
             self._drop(index, f"refused by {node.member.descriptor.replica_id}: {error}")
             return

@@ -10,9 +10,12 @@ import dataclasses
 
 import pytest
 
-from router.sim.fleet import FleetSpec, ReplicaGroup, load_fleet
-from router.sim.runner import load_trace, simulate
-from router.sim.simulator import SimConfig
+from router.sim.fleet import FleetSpec, ReplicaGroup, build_fleet, load_fleet
+from router.sim.policies import build_sim_policy
+from router.sim.predict import build_predictor
+from router.sim.report import SimResult
+from router.sim.runner import load_trace, scaled_specs, simulate
+from router.sim.simulator import SimConfig, Simulator
 
 MIXED = load_fleet("hetero8")
 SMALL_V100 = FleetSpec(name="2xv100", replicas=(ReplicaGroup(gpu="v100-32gb", count=2),))
@@ -57,3 +60,28 @@ def test_multi_step_runs_give_identical_results(case: str) -> None:
     assert fast.replicas == slow.replicas
     assert dataclasses.replace(fast, sim_wall_s=0.0) == dataclasses.replace(slow, sim_wall_s=0.0)
     assert len(fast.records) > 0
+
+
+@pytest.mark.parametrize("policy", ["prefix", "sal"])
+def test_engines_taking_the_routers_prompt_hashes_give_identical_results(policy: str) -> None:
+    """Engines whose hasher is the router's take its prompt hashes rather than hashing again."""
+    trace = load_trace("mooncake_conversation", 80)
+
+    def run(share_hashes: bool) -> SimResult:
+        config = SimConfig()
+        simulator = Simulator(
+            build_fleet(MIXED, seed=config.seed),
+            build_sim_policy(policy),
+            config,
+            predictor=build_predictor("none", config.seed),
+        )
+        shared = [node.hashes_like_router for node in simulator.nodes]
+        assert all(shared)
+        if not share_hashes:
+            for node in simulator.nodes:
+                node.hashes_like_router = False
+        return simulator.run(scaled_specs(trace, 4.0))
+
+    shared, own = run(True), run(False)
+    assert len(shared.records) > 0
+    assert dataclasses.replace(shared, sim_wall_s=0.0) == dataclasses.replace(own, sim_wall_s=0.0)

@@ -38,3 +38,15 @@ def test_with_uvloop_importable_uvloop_runs_it(monkeypatch: pytest.MonkeyPatch) 
 def test_the_real_uvloop_when_installed() -> None:
     pytest.importorskip("uvloop")
     assert runtime.run(loop_module()).startswith("uvloop")
+
+
+def test_the_environment_can_keep_asyncio_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("uvloop")
+    monkeypatch.setenv(runtime.EVENT_LOOP_VARIABLE, "asyncio")
+    assert runtime.run(loop_module()).startswith("asyncio.")
+
+
+def test_a_bad_event_loop_choice_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(runtime.EVENT_LOOP_VARIABLE, "tokio")
+    with pytest.raises(ValueError, match="auto, asyncio or uvloop"):
+        runtime.run(loop_module())

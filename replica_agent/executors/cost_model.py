@@ -18,7 +18,7 @@ The constants live in :mod:`replica_agent.executors.gpu_profiles` and are fitted
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from replica_agent.engine.step import BatchShape, ScheduledChunk, StepPlan
 from replica_agent.executors.gpu_profiles import GpuProfile, ModelProfile
@@ -131,30 +131,19 @@ class StepCostModel:
 
     def _tally_chunks(self, chunks: Sequence[ScheduledChunk], start: _Tally) -> _Tally:
         """``_tally`` of the chunks' shapes (each computes its tokens on ``start`` cached ones)."""
-        tokens, seqs, decodes, decode_context, prefills, prefill_s = start
-        for chunk in chunks:
-            new = len(chunk.token_ids)
-            if new == 0:
-                continue
-            tokens += new
-            seqs += 1
-            context = chunk.start
-            if new == 1 and context > 0:
-                decodes += 1
-                decode_context += context
-            else:
-                prefills += 1
-                prefill_s += self._prefill_attention(new, context)
-        return tokens, seqs, decodes, decode_context, prefills, prefill_s
+        return self._tally_pairs(((len(chunk.token_ids), chunk.start) for chunk in chunks), start)
 
     def _tally(self, shape: BatchShape, start: _Tally = (0, 0, 0, 0, 0, 0.0)) -> _Tally:
         """``shape`` as (tokens, sequences, decodes, decode context, prefills, prefill attention s),
         added to ``start`` (the tally of the seqs before ``shape``'s, in batch order)."""
+        return self._tally_pairs(((seq.new_tokens, seq.context_tokens) for seq in shape.seqs), start)
+
+    def _tally_pairs(self, pairs: Iterable[tuple[int, int]], start: _Tally) -> _Tally:
+        """The tally of sequences given as (new tokens, cached context tokens), added to ``start``."""
         tokens, seqs, decodes, decode_context, prefills, prefill_s = start
-        for seq in shape.seqs:
-            new, context = seq.new_tokens, seq.context_tokens
+        for new, context in pairs:
             if new < 0 or context < 0:
-                raise ValueError(f"negative token counts in {seq!r}")
+                raise ValueError(f"negative token counts: {new} new on {context} cached")
             if new == 0:
                 continue
             tokens += new

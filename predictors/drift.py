@@ -23,7 +23,6 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import numpy as np
-from scipy.stats import kendalltau
 
 
 class PredictionSource(StrEnum):
@@ -91,6 +90,11 @@ class DriftMonitor:
         self._actual: deque[float] = deque(maxlen=window)
         self._since_evaluation = 0
         self._state = DriftState(start, 0)
+        # Imported by the first monitor, not with this module: scipy.stats takes most of a second to
+        # load, which a router on the running average (importing the module for its types) never needs.
+        from scipy.stats import kendalltau
+
+        self._kendall_tau = kendalltau
 
     @property
     def state(self) -> DriftState:
@@ -120,7 +124,7 @@ class DriftMonitor:
         baseline_error = float(
             np.mean(np.abs(np.log1p(np.fromiter(self._baseline, float, samples)) - actual))
         )
-        tau = float(kendalltau(model, actual).statistic)
+        tau = float(self._kendall_tau(model, actual).statistic)
         tau = 0.0 if math.isnan(tau) else tau  # constant predictions rank nothing
         previous = self._state
         measured = DriftState(previous.source, samples, tau, model_error, baseline_error, previous.switches)

@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from predictors.drift import DriftSettings
+from predictors.online import CorrectionSettings
 from protos.snapshot import Tier
 
 NonEmptyStr = Annotated[str, Field(min_length=1)]
@@ -67,6 +69,10 @@ class OnlineCorrectionConfig(BaseModel):
     window: int = Field(default=200, ge=1)
     max_factor: float = Field(default=4.0, ge=1)
 
+    def settings(self) -> CorrectionSettings | None:
+        """The pure core's settings; None when the correction is off."""
+        return CorrectionSettings(**self.model_dump(exclude={"enabled"})) if self.enabled else None
+
 
 class DriftConfig(BaseModel):
     """When to fall back from a learned model to the running average (``predictors.drift``);
@@ -89,6 +95,10 @@ class DriftConfig(BaseModel):
         if self.error_margin + self.hysteresis >= 1:
             raise ValueError("error_margin + hysteresis must be below 1")
         return self
+
+    def settings(self) -> DriftSettings:
+        """The pure core's settings (``enabled: false`` measures without switching)."""
+        return DriftSettings(**self.model_dump(exclude={"enabled"}), switching=self.enabled)
 
 
 class PredictorConfig(BaseModel):

@@ -7,7 +7,7 @@ the ones the replica caches, and prefix routing sees the real sharing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from predictors.base import OutputLengthPredictor, PredictorFeatures
 from protos.block_hash import DEFAULT_BLOCK_SIZE, DEFAULT_HASH_SEED, BlockHasher
@@ -122,10 +122,3 @@ class RequestShaper:
             priority=request.priority,
         )
         return ShapedRequest(routing, features, tokens)
-
-    @staticmethod
-    def with_prediction(shaped: ShapedRequest, predictor: OutputLengthPredictor | None) -> ShapedRequest:
-        if predictor is None:
-            return shaped
-        estimate = predictor.predict(shaped.features)
-        return replace(shaped, routing=replace(shaped.routing, predicted=estimate))

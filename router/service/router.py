@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from predictors.base import OutputLengthPredictor
-from predictors.drift import DriftSettings, SourceSwitch
+from predictors.drift import SourceSwitch
 from predictors.guarded import GuardedPredictor, guard_learned
-from predictors.online import CorrectionSettings
 from predictors.running_average import RunningAveragePredictor
 from protos.text import Tokenizer, load_tokenizer
 from router.config import PredictorConfig, ReplicaConfig, RouterConfig, RouterConfigError
@@ -78,14 +77,8 @@ def load_length_predictor(config: PredictorConfig) -> OutputLengthPredictor:
         learned = load_predictor(config.model_dir)
     except PredictorLoadError as error:
         raise RouterConfigError(f"predictor.model_dir: {error}") from None
-    fix, drift = config.online_correction, config.drift
-    correction = CorrectionSettings(fix.prior_observations, fix.window, fix.max_factor)
-    guard = DriftSettings(
-        drift.window, drift.min_samples, drift.evaluate_every, drift.error_margin, drift.tau_floor,
-        drift.hysteresis, switching=drift.enabled,
-    )  # fmt: skip
     log.info("output-length predictor: the model in %s", config.model_dir)
-    return guard_learned(learned, correction if fix.enabled else None, guard, _log_switch)
+    return guard_learned(learned, config.online_correction.settings(), config.drift.settings(), _log_switch)
 
 
 def _log_switch(switch: SourceSwitch) -> None:
